@@ -1,0 +1,410 @@
+"""Typed run configuration: the single source of defaults (STYLE.md rule 3).
+
+Recipes are YAML files merged strictly onto these dataclasses (OmegaConf structured configs), then
+``key.sub=value`` overrides; an unknown key or a wrong type fails with the key's name and the nearest
+valid key. :meth:`TrainConfig.validate` checks combinations. Nothing here imports torch: a bad recipe
+fails before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "ConfigError",
+    "CreditConfig",
+    "EnvConfig",
+    "HeadConfig",
+    "LoggingConfig",
+    "PPOConfig",
+    "PairConfig",
+    "PolicyConfig",
+    "TrainConfig",
+    "field_docs",
+    "load_config",
+    "to_yaml",
+]
+
+# Choices, kept here (not imported from algo/ or envs/, which import torch / gymnasium);
+# tests/test_config.py checks they equal the ones the code implements.
+ENV_IDS = ("structured",)
+POLICY_TYPES = ("mlp", "ar_mlp")
+CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
+HEAD_MODES = ("shared_local", "structured", "counterfactual")
+CENTERINGS = ("policy", "uniform", "none")
+RATIOS = ("joint", "token")
+SHARED_SOURCES = ("gae", "head")
+SURROGATES = ("per_dim", "mean")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+AUTORESET_MODES = ("same_step", "next_step")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot run; the message says what to change."""
+
+
+@dataclass
+class PairConfig:
+    i: int = MISSING
+    """First action dim of an interacting pair."""
+    j: int = MISSING
+    """Second action dim of the pair."""
+    weight: float = 1.0
+    """Weight ``w_ij`` of the pair's reward part."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "structured"
+    """Environment: ``structured`` (a task of known per-dim / pairwise structure)."""
+    num_envs: int = 16
+    """Parallel envs in total; each of the N processes steps ``num_envs / N`` of them."""
+    action_dims: int = 7
+    """D, the number of action dims (a VLA emits 7 action tokens)."""
+    num_bins: int = 11
+    """K, bins per action dim (a VLA uses 256; odd here so one bin means 'do not move')."""
+    horizon: int = 1
+    """Steps per episode: 1 = contextual bandit; >1 = sequential task (credit flows through GAE)."""
+    dim_weights: Optional[List[float]] = None  # noqa: UP006, UP045
+    """Per-dim reward weights ``w_i`` (0 = the dim is a distractor); null = all 1."""
+    pairs: List[PairConfig] = field(default_factory=list)  # noqa: UP006
+    """Interacting dim pairs ``{i, j, weight}`` whose relative move is rewarded."""
+    noise_std: float = 0.0
+    """Std of Gaussian reward noise."""
+    max_move: Optional[float] = None  # noqa: UP045
+    """Largest move of one step per coordinate; null = 1.0."""
+    goal_reach: float = 1.0
+    """Goals are drawn within this fraction of what ``horizon`` steps can reach."""
+    num_goals: int = 0
+    """0 = a fresh random goal every episode; n > 0 = goals from a fixed set of n (the task's contexts)."""
+    task_seed: int = 0
+    """Seed of the task itself (the fixed goal set), independent of the run's seed."""
+    terminate_on_success: bool = False
+    """End an episode (terminated) once the goal is reached; otherwise it runs to the horizon."""
+    autoreset_mode: str = "same_step"
+    """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked)."""
+
+
+@dataclass
+class PolicyConfig:
+    type: str = "mlp"
+    """``mlp`` (independent heads per dim) or ``ar_mlp`` (autoregressive over dims, like a VLA)."""
+    hidden_size: int = 64
+    """Width of the policy trunk; also the width of the state feature the heads read."""
+    num_layers: int = 2
+    """Layers of the policy trunk."""
+    value_hidden_size: int = 64
+    """Width of the value head MLP."""
+
+
+@dataclass
+class HeadConfig:
+    enabled: bool = True
+    """Build the structured advantage head (needed by shared_local / structured / counterfactual)."""
+    hidden_size: int = 64
+    """Width of the head's state trunk."""
+    bin_embed_dim: int = 32
+    """Width of the bin embedding the per-dim and pairwise terms read."""
+    rank: int = 8
+    """Rank r of the pairwise bilinear factors."""
+    pairwise: bool = True
+    """Second-order (pairwise) terms; false = first order only (the note's idea 1)."""
+    centering: str = "policy"
+    """De-meaning of the terms over each dim's bins: ``policy`` (default), ``uniform`` (BDQ) or ``none``."""
+    stop_gradient: bool = True
+    """Detach the state feature so the head never trains the policy trunk."""
+    fit_epochs: int = 2
+    """Head-only regression epochs on each fresh batch, before the credit is computed."""
+
+
+@dataclass
+class CreditConfig:
+    mode: str = "counterfactual"
+    """Per-dim advantages for the actor: ``joint``, ``shared_local``, ``structured``, ``counterfactual``."""
+    shared_source: str = "gae"
+    """shared_local only: ``A_shared`` from ``gae`` (default) or from the head's state term (``head``)."""
+    surrogate: str = "per_dim"
+    """shared_local only: ``per_dim`` (each dim its own A_eff) or ``mean`` (the note's scalar form)."""
+    ratio: str = "joint"
+    """``joint`` importance ratio with per-dim gradient routing, or ``token`` (per-token, a baseline)."""
+
+
+@dataclass
+class PPOConfig:
+    total_timesteps: int = 40_000
+    """Env steps to train for, over all processes."""
+    num_steps: int = 8
+    """Rollout length per env per update (batch = num_envs x num_steps)."""
+    num_epochs: int = 4
+    """PPO epochs over each batch."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (each an optimizer step)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per minibatch, accumulated before the optimizer step."""
+    learning_rate: float = 3.0e-3
+    """Adam learning rate of the policy and value head."""
+    head_learning_rate: float = 3.0e-3
+    """Adam learning rate of the structured advantage head."""
+    lr_schedule: str = "linear"
+    """``constant``, ``linear`` (to 0) or ``cosine`` (to 0) over the run's updates."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO clip epsilon."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values (PPO2)."""
+    norm_adv: bool = True
+    """Normalise advantages per batch (across ranks), the same affine map for every credit mode."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient c_H."""
+    vf_coef: float = 0.5
+    """Value loss coefficient c_v."""
+    adv_coef: float = 1.0
+    """Structured head loss coefficient c_a."""
+    lambda_pair: float = 1.0e-3
+    """L2 penalty on the pairwise terms."""
+    lambda_1: float = 0.0
+    """The note's zero-sum penalty on the per-dim terms (matters with centering: none)."""
+    lambda_2: float = 0.0
+    """L2 penalty on the per-dim terms."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    target_kl: Optional[float] = None  # noqa: UP045
+    """Stop the epochs of an update once approx KL exceeds this; null = never."""
+    max_nan_updates: int = 3
+    """Abort after this many updates in a row with a non-finite loss (each is skipped)."""
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 1
+    """Write scalars every this many updates."""
+    plot_every: int = 10
+    """Write the per-dim bar chart and pairwise heatmap every this many updates (0 = never)."""
+    checkpoint_every: int = 10
+    """Checkpoint every this many updates (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints to keep (older ones are deleted)."""
+    progress_bar: bool = True
+    """Show a progress bar (main process only)."""
+    tensorboard: bool = True
+    """Log to TensorBoard under ``<run>/tb``."""
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    """Run name: the run directory is ``<output_dir>/<name>``."""
+    output_dir: str = "runs"
+    """Where run directories go."""
+    seed: int = 1
+    """Seed of everything (model init, envs, sampling)."""
+    device: str = "auto"
+    """``auto`` (CUDA if available), ``cpu`` or ``cuda``."""
+    resume: Optional[str] = None  # noqa: UP045
+    """A run dir (its newest checkpoint) or a checkpoint dir to continue exactly from."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    credit: CreditConfig = field(default_factory=CreditConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.env.num_envs * self.ppo.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.ppo.total_timesteps // self.batch_size)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def validate(self) -> TrainConfig:
+        """Check every combination that cannot run; raise one :class:`ConfigError` listing them all."""
+        problems: list[str] = []
+
+        def choice(key: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                problems.append(f"{key}={value!r} is not one of {list(options)}{_nearest_hint(value, options)}")
+
+        choice("env.id", self.env.id, ENV_IDS)
+        choice("env.autoreset_mode", self.env.autoreset_mode, AUTORESET_MODES)
+        choice("policy.type", self.policy.type, POLICY_TYPES)
+        choice("head.centering", self.head.centering, CENTERINGS)
+        choice("credit.mode", self.credit.mode, CREDIT_MODES)
+        choice("credit.ratio", self.credit.ratio, RATIOS)
+        choice("credit.shared_source", self.credit.shared_source, SHARED_SOURCES)
+        choice("credit.surrogate", self.credit.surrogate, SURROGATES)
+        choice("ppo.lr_schedule", self.ppo.lr_schedule, LR_SCHEDULES)
+        choice("device", self.device, DEVICES)
+        if self.credit.mode in HEAD_MODES and not self.head.enabled:
+            problems.append(
+                f"credit.mode={self.credit.mode!r} reads the structured advantage head but head.enabled=false; "
+                "set head.enabled=true or credit.mode=joint"
+            )
+        e, p = self.env, self.ppo
+        D = e.action_dims
+        for key, value, low in [
+            ("env.num_envs", e.num_envs, 1), ("env.action_dims", D, 1), ("env.num_bins", e.num_bins, 2),
+            ("env.horizon", e.horizon, 1), ("ppo.num_steps", p.num_steps, 1), ("ppo.num_epochs", p.num_epochs, 1),
+            ("ppo.num_minibatches", p.num_minibatches, 1), ("ppo.total_timesteps", p.total_timesteps, 1),
+            ("ppo.gradient_accumulation_steps", p.gradient_accumulation_steps, 1), ("head.rank", self.head.rank, 1),
+            ("policy.hidden_size", self.policy.hidden_size, 1), ("ppo.max_nan_updates", p.max_nan_updates, 1),
+        ]:
+            if value < low:
+                problems.append(f"{key} must be >= {low}, got {value}")
+        if e.id == "structured" and e.num_bins % 2 == 0:
+            problems.append(f"env.num_bins must be odd for the structured task (one bin = 'stay'), got {e.num_bins}")
+        if e.dim_weights is not None and len(e.dim_weights) != D:
+            problems.append(f"env.dim_weights has {len(e.dim_weights)} entries but env.action_dims={D}")
+        for k, pair in enumerate(e.pairs):
+            if not (0 <= pair.i < D and 0 <= pair.j < D and pair.i != pair.j):
+                problems.append(f"env.pairs[{k}] = ({pair.i}, {pair.j}) must be two different dims in 0..{D - 1}")
+        micro = p.num_minibatches * p.gradient_accumulation_steps
+        if self.batch_size % micro:
+            problems.append(
+                f"batch num_envs*num_steps={self.batch_size} is not divisible by "
+                f"num_minibatches*gradient_accumulation_steps={micro}"
+            )
+        for key, value in [("ppo.learning_rate", p.learning_rate), ("ppo.head_learning_rate", p.head_learning_rate),
+                           ("ppo.clip_coef", p.clip_coef), ("ppo.max_grad_norm", p.max_grad_norm)]:
+            if value <= 0:
+                problems.append(f"{key} must be > 0, got {value}")
+        if not (0.0 <= p.gamma <= 1.0 and 0.0 <= p.gae_lambda <= 1.0):
+            problems.append("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
+        if problems:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        return self
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _nearest_hint(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_keys(node: Any, schema: type, prefix: str, source: str) -> None:
+    """Unknown keys fail with the full key and the nearest valid one (TRL #3543: silent typos)."""
+    if not isinstance(node, (dict, DictConfig)):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if key not in known:
+            options = [f"{prefix}{k}" for k in known]
+            raise ConfigError(f"{source}: unknown key {full!r}{_nearest_hint(full, options)} "
+                              f"(valid keys here: {', '.join(known)})")
+        sub = _dataclass_of(schema, key)
+        if sub is not None and isinstance(value, (dict, DictConfig)):
+            _check_keys(value, sub, f"{full}.", source)
+        elif sub is not None and isinstance(value, (list, ListConfig)):
+            for n, item in enumerate(value):
+                _check_keys(item, sub, f"{full}[{n}].", source)
+
+
+def _dataclass_of(schema: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` (also inside ``List[...]``), or None."""
+    hints = _type_hints(schema)
+    tp = hints.get(name)
+    if is_dataclass(tp):
+        return tp
+    for arg in getattr(tp, "__args__", ()) or ():
+        if is_dataclass(arg):
+            return arg
+    return None
+
+
+@lru_cache(maxsize=None)
+def _type_hints(schema: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(schema)
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for {key!r}: {msg}") from None
+
+
+def load_config(recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Recipe YAML (optional) + ``a.b=c`` overrides -> a validated :class:`TrainConfig`."""
+    merged = OmegaConf.structured(TrainConfig)
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            here = sorted(str(p) for p in Path("recipes").rglob("*.yaml")) if Path("recipes").is_dir() else []
+            hint = f" Recipes here: {', '.join(here[:12])}" if here else ""
+            raise ConfigError(f"recipe file not found: {str(path)!r}.{hint}")
+        try:
+            data = OmegaConf.load(path)
+        except Exception as err:  # yaml syntax errors
+            raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+        if not isinstance(data, DictConfig):
+            raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys, got {type(data).__name__}")
+        _check_keys(data, TrainConfig, "", str(path))
+        merged = _merge(merged, data, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, _ = item.split("=", 1)
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: {err}") from None
+        _check_keys(dot, TrainConfig, "", f"override {key}")
+        merged = _merge(merged, dot, f"override {item!r}")
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"incomplete config: {str(err).splitlines()[0]}") from None
+    return cfg.validate()
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (saved with every run; ``vla-structppo config`` prints it)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml_text(text: str) -> TrainConfig:
+    """Strictly rebuild a config saved by :func:`to_yaml` (checkpoints)."""
+    data = OmegaConf.create(text)
+    _check_keys(data, TrainConfig, "", "saved config")
+    return OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), data, "saved config")).validate()
+
+
+@lru_cache(maxsize=None)
+def field_docs(schema: type = TrainConfig) -> dict[str, str]:
+    """``{"ppo.clip_coef": "PPO clip epsilon.", ...}`` from the docstring under each field."""
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(schema))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[attr-defined]
+    for f in fields(schema):
+        sub = _dataclass_of(schema, f.name)
+        if sub is not None:
+            for k, v in field_docs(sub).items():
+                docs[f"{f.name}.{k}"] = v
+    return docs

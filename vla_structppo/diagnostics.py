@@ -1,0 +1,79 @@
+"""What users look at (ALGORITHM.md §9): per-dim credit statistics, the pairwise heatmap, explained
+variances, and the PNG that shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .algo.heads import HeadOutput
+
+__all__ = ["credit_summary", "explained_variance", "plot_credit"]
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """``1 - Var[target - pred] / Var[target]`` (SB3's definition; nan when the target is constant)."""
+    var = torch.var(target.double())
+    if var <= 0:
+        return float("nan")
+    return float(1.0 - torch.var((target - pred).double()) / var)
+
+
+def credit_summary(head: HeadOutput) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Scalars ``credit/...`` plus ``(per_dim_table [4, D], pair_heat [D, D])`` for the plot.
+
+    Per dim: mean, std, min, max of ``u~_i`` and of ``Delta_i = u~_i - mean_j u~_j`` (whose mean must
+    sit at 0); pairwise: ``E|p~_ij|``.
+    """
+    u = head.per_dim.detach().double()  # [B, D]
+    delta = u - u.mean(dim=1, keepdim=True)
+    pair_heat = head.pair.detach().double().abs().mean(0)  # [D, D]
+    scalars: dict[str, float] = {}
+    for i in range(u.shape[1]):
+        for name, x in (("u", u[:, i]), ("delta", delta[:, i])):
+            scalars[f"credit/{name}_mean_{i}"] = float(x.mean())
+            scalars[f"credit/{name}_std_{i}"] = float(x.std()) if len(x) > 1 else 0.0
+            scalars[f"credit/{name}_min_{i}"] = float(x.min())
+            scalars[f"credit/{name}_max_{i}"] = float(x.max())
+    D = u.shape[1]
+    iu = torch.triu_indices(D, D, 1)
+    scalars["credit/pair_abs_mean"] = float(pair_heat[iu[0], iu[1]].mean()) if D > 1 else 0.0
+    scalars["credit/shared_mean"] = float(head.shared.detach().mean())
+    table = torch.stack([u.abs().mean(0), u.std(0) if len(u) > 1 else u[0] * 0, delta.mean(0), delta.std(0) if len(u) > 1 else u[0] * 0])
+    return scalars, table.numpy(), pair_heat.numpy()
+
+
+def plot_credit(per_dim: np.ndarray, pair_heat: np.ndarray, path: str | Path | None, title: str = "") -> np.ndarray:
+    """Bar chart of ``E|u~_i|`` (with std) and heatmap of ``E|p~_ij|``; saved to ``path``; returns
+    the image as ``[H, W, 3]`` uint8 (for TensorBoard)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    D = per_dim.shape[1]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=90)
+    ax1.bar(np.arange(D), per_dim[0], yerr=per_dim[1], color="tab:blue", alpha=0.8, capsize=3)
+    ax1.set_xticks(np.arange(D))
+    ax1.set_xlabel("action dim i")
+    ax1.set_ylabel("E|u~_i|  (bar: std)")
+    ax1.set_title("per-dim credit")
+    im = ax2.imshow(np.triu(pair_heat, 1), cmap="viridis")
+    ax2.set_xticks(np.arange(D))
+    ax2.set_yticks(np.arange(D))
+    ax2.set_xlabel("j")
+    ax2.set_ylabel("i")
+    ax2.set_title("pairwise E|p~_ij| (i<j)")
+    fig.colorbar(im, ax=ax2, fraction=0.046)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    plt.close(fig)
+    return image

@@ -1,0 +1,224 @@
+"""Tasks of known structure: D discrete action dims x K bins, reward = per-dim parts + pairwise parts +
+noise, with the ground truth exposed so credit assignment can be measured honestly.
+
+A point ``p in R^D`` must reach a goal ``g``; the action's bin ``k`` of dim i moves coordinate i by
+``m(k) = (2k / (K-1) - 1) * max_move``. With the error ``e = p - g`` before and ``e'`` after a step::
+
+    r = sum_i w_i (|e_i| - |e'_i|)  +  sum_{(i,j)} w_ij (|e_i - e_j| - |e'_i - e'_j|)  +  noise
+
+The per-dim part of dim i depends on ``a^i`` only; the pairwise part of ``(i, j)`` is a true
+interaction (the two dims must move together). Dims with ``w_i = 0`` outside every pair are pure
+distractors. Both parts are progress on a potential, so an episode's optimal return is exactly its
+initial potential ``sum_i w_i |e0_i| + sum w_ij |e0_i - e0_j|``: goals lie on the move grid and within
+reach, so the potential can be brought to 0.
+
+``horizon=1`` is a contextual bandit (``p0 = 0``, the goal is the move of one bin per dim, seen in the
+observation); ``horizon>1`` is a sequential task whose credit must flow through GAE; the episode is
+truncated at the horizon (time limit) or terminated on success (``terminate_on_success``).
+
+Observation: ``[e (D), steps_left / horizon]`` as float32 (the time feature keeps truncation Markov).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+__all__ = ["StructuredTaskSpec", "StructuredTaskVectorEnv"]
+
+
+@dataclass
+class StructuredTaskSpec:
+    """The task's structure (mirrors ``EnvConfig``; see there for the field docs)."""
+
+    action_dims: int = 7
+    num_bins: int = 11
+    horizon: int = 1
+    dim_weights: list[float] | None = None
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    noise_std: float = 0.0
+    max_move: float | None = None
+    goal_reach: float = 1.0
+    terminate_on_success: bool = False
+    success_tol: float = 1e-6
+    num_goals: int = 0
+
+    def __post_init__(self) -> None:
+        D, K = self.action_dims, self.num_bins
+        if D < 1 or K < 2:
+            raise ValueError(f"need action_dims >= 1 and num_bins >= 2, got D={D}, K={K}")
+        if (K - 1) % 2:
+            # an odd K keeps a "stay" bin (m = 0) so the goal can be held once reached
+            raise ValueError(f"num_bins must be odd so that one bin means 'do not move', got {K}")
+        if self.dim_weights is not None and len(self.dim_weights) != D:
+            raise ValueError(f"dim_weights has {len(self.dim_weights)} entries, action_dims is {D}")
+        for i, j, _ in self.pairs:
+            if not (0 <= i < D and 0 <= j < D and i != j):
+                raise ValueError(f"pair ({i}, {j}) is not two different dims in 0..{D - 1}")
+        if self.horizon < 1:
+            raise ValueError("horizon must be >= 1")
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.ones(self.action_dims) if self.dim_weights is None else np.asarray(self.dim_weights, float)
+
+    @property
+    def move(self) -> float:
+        return self.max_move if self.max_move is not None else 1.0
+
+
+class StructuredTaskVectorEnv(gym.vector.VectorEnv):
+    """Natively vectorised (numpy) gymnasium vector env over ``num_envs`` copies of the task.
+
+    ``autoreset_mode``: ``"same_step"`` (default: the reset obs comes back on the done step, the last
+    one in ``info["final_obs"]``) or ``"next_step"`` (gymnasium's default: the step after a done is a
+    reset step). ``info`` carries the ground truth: ``reward_per_dim [N, D]``, ``reward_pair
+    [N, D, D]`` (i<j filled), ``optimal_return [N]`` (the episode's), ``success [N]`` and, on
+    done steps, ``episode_return`` / ``episode_length`` / ``episode_optimal`` / ``_episode``.
+    """
+
+    def __init__(self, spec: StructuredTaskSpec, num_envs: int, seed: int | None = None,
+                 autoreset_mode: str = "same_step", spec_seed: int = 0) -> None:
+        self.spec = spec
+        self.num_envs = num_envs
+        D, K = spec.action_dims, spec.num_bins
+        self.single_action_space = gym.spaces.MultiDiscrete([K] * D)
+        self.action_space = gym.spaces.MultiDiscrete(np.full((num_envs, D), K))
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D + 1,), np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, D + 1), np.float32)
+        mode = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}.get(autoreset_mode)
+        if mode is None:
+            raise ValueError(f"autoreset_mode must be 'same_step' or 'next_step', got {autoreset_mode!r}")
+        self.metadata = {"autoreset_mode": mode}
+        self._w = spec.weights
+        self._pairs = [(int(i), int(j), float(w)) for i, j, w in spec.pairs]
+        self._grid = 2.0 * spec.move / (K - 1)  # distance between neighbouring moves
+        self._rng = np.random.default_rng(seed)
+        # a fixed set of goals (the task's contexts), drawn once from its own seed
+        self._goal_set = self._draw_goals(np.random.default_rng(spec_seed), spec.num_goals) if spec.num_goals else None
+        self._err = np.zeros((num_envs, D))
+        self._t = np.zeros(num_envs, dtype=np.int64)
+        self._ep_return = np.zeros(num_envs)
+        self._ep_optimal = np.zeros(num_envs)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    # -- structure ------------------------------------------------------------------------------
+    def moves(self, actions: np.ndarray) -> np.ndarray:
+        """Coordinate moves of bins ``actions [..., D]``."""
+        return (2.0 * actions / (self.spec.num_bins - 1) - 1.0) * self.spec.move
+
+    def potential_parts(self, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(per_dim [N, D], pair [N, D, D])`` of the potential at errors ``err [N, D]``."""
+        per_dim = self._w * np.abs(err)
+        pair = np.zeros(err.shape[:-1] + (self.spec.action_dims,) * 2)
+        for i, j, w in self._pairs:
+            pair[..., min(i, j), max(i, j)] += w * np.abs(err[..., i] - err[..., j])
+        return per_dim, pair
+
+    def reward_parts(self, err: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Noise-free reward parts of taking ``actions [N, D]`` at errors ``err [N, D]``."""
+        before_d, before_p = self.potential_parts(err)
+        after_d, after_p = self.potential_parts(err + self.moves(actions))
+        return before_d - after_d, before_p - after_p
+
+    # -- gymnasium API ----------------------------------------------------------------------------
+    def _draw_goals(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Initial errors on the move grid, within ``goal_reach`` of what the horizon can cover."""
+        spec = self.spec
+        max_steps = int(np.floor(spec.goal_reach * spec.horizon * (spec.num_bins - 1) / 2))
+        steps = rng.integers(-max_steps, max_steps + 1, size=(n, spec.action_dims))
+        return steps * self._grid
+
+    def _new_goals(self, n: int) -> np.ndarray:
+        if self._goal_set is not None:
+            return self._goal_set[self._rng.integers(0, len(self._goal_set), size=n)]
+        return self._draw_goals(self._rng, n)
+
+    def _obs(self) -> np.ndarray:
+        left = (self.spec.horizon - self._t) / self.spec.horizon
+        return np.concatenate([self._err, left[:, None]], axis=1).astype(np.float32)
+
+    def _reset_envs(self, mask: np.ndarray) -> None:
+        n = int(mask.sum())
+        if n == 0:
+            return
+        self._err[mask] = self._new_goals(n)
+        self._t[mask] = 0
+        self._ep_return[mask] = 0.0
+        d, p = self.potential_parts(self._err[mask])
+        self._ep_optimal[mask] = d.sum(-1) + p.sum((-1, -2))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._reset_envs(np.ones(self.num_envs, dtype=bool))
+        self._needs_reset[:] = False
+        return self._obs(), {"optimal_return": self._ep_optimal.copy()}
+
+    def step(self, actions):
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, self.spec.action_dims)
+        N, D = self.num_envs, self.spec.action_dims
+        resetting = self._needs_reset.copy()  # next-step autoreset: these calls only reset
+        per_dim, pair = self.reward_parts(self._err, actions)
+        per_dim[resetting] = 0.0
+        pair[resetting] = 0.0
+        noise = self._rng.normal(0.0, self.spec.noise_std, N) if self.spec.noise_std > 0 else np.zeros(N)
+        reward = per_dim.sum(-1) + pair.sum((-1, -2)) + noise
+        reward[resetting] = 0.0
+
+        active = ~resetting
+        self._err[active] += self.moves(actions[active])
+        self._t[active] += 1
+        self._ep_return[active] += reward[active]
+        dist = np.abs(self._err).max(-1)
+        success = active & (dist <= self.spec.success_tol + 1e-9)
+        # a bandit step always ends its episode (no future to bootstrap); longer tasks end on success
+        # only when asked, and otherwise hit the time limit (truncation, bootstrapped in GAE)
+        terminated = active & ((success & self.spec.terminate_on_success) | (self.spec.horizon == 1))
+        truncated = active & ~terminated & (self._t >= self.spec.horizon)
+        done = terminated | truncated
+        info: dict[str, Any] = {
+            "reward_per_dim": per_dim,
+            "reward_pair": pair,
+            "optimal_return": self._ep_optimal.copy(),
+            "success": success,
+        }
+        if done.any():
+            info["episode_return"] = np.where(done, self._ep_return, 0.0)
+            info["episode_length"] = np.where(done, self._t, 0)
+            info["episode_optimal"] = np.where(done, self._ep_optimal, 0.0)
+            info["_episode"] = done.copy()
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+            if done.any():
+                info["final_obs"] = self._obs()
+                info["_final_obs"] = done.copy()
+            self._reset_envs(done)
+            self._reset_envs(resetting)  # never set in same-step mode; kept for symmetry
+        else:
+            self._reset_envs(resetting)
+            self._needs_reset = done.copy()
+        return self._obs(), reward, terminated, truncated, info
+
+    # -- exact resume -----------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly (used by trainer checkpoints)."""
+        return {
+            "rng": self._rng.bit_generator.state,
+            "err": self._err.copy(),
+            "t": self._t.copy(),
+            "ep_return": self._ep_return.copy(),
+            "ep_optimal": self._ep_optimal.copy(),
+            "needs_reset": self._needs_reset.copy(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._err[:] = state["err"]
+        self._t[:] = state["t"]
+        self._ep_return[:] = state["ep_return"]
+        self._ep_optimal[:] = state["ep_optimal"]
+        self._needs_reset[:] = state["needs_reset"]

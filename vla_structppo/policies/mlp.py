@@ -1,0 +1,120 @@
+"""Small fast policies on state vectors: a multi-head MLP (independent dims) and an autoregressive one.
+
+Both implement the policy protocol, so every algorithm feature trains for real in seconds, and both
+branches of ALGORITHM.md §5 (independent vs autoregressive) are exercised by training, not only tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import ActOutput, EvalOutput, categorical_stats
+
+__all__ = ["AutoregressiveMLPPolicy", "MLPPolicy"]
+
+
+def _trunk(obs_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    dim = obs_dim
+    for _ in range(layers):
+        mods += [nn.Linear(dim, hidden), nn.Tanh()]
+        dim = hidden
+    return nn.Sequential(*mods)
+
+
+def _as_tensor(obs, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
+
+def _sample(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
+    if deterministic:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
+
+
+class MLPPolicy(nn.Module):
+    """``D`` independent categorical heads on a shared tanh MLP trunk: ``pi(a|s) = prod_i pi_i(a^i|s)``."""
+
+    autoregressive = False
+
+    def __init__(self, obs_dim: int, action_dims: int, num_bins: int, hidden_size: int = 64, num_layers: int = 2):
+        super().__init__()
+        self.action_dims, self.num_bins, self.feature_dim = action_dims, num_bins, hidden_size
+        self.trunk = _trunk(obs_dim, hidden_size, num_layers)
+        self.logits = nn.Linear(hidden_size, action_dims * num_bins)
+        # Near-uniform initial policy (CleanRL's std=0.01 actor init).
+        nn.init.normal_(self.logits.weight, std=0.01)
+        nn.init.zeros_(self.logits.bias)
+
+    def encode(self, obs) -> torch.Tensor:
+        """The state feature ``h [B, H]`` alone (value bootstrap)."""
+        return self.trunk(_as_tensor(obs, self.logits.weight.device))
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).view(-1, self.action_dims, self.num_bins)  # [B, D, K]
+
+    def act(self, obs, *, deterministic: bool = False, temperature: float = 1.0) -> ActOutput:
+        features = self.trunk(_as_tensor(obs, self.logits.weight.device))  # [B, H]
+        logits = self._logits(features)
+        actions = _sample(logits, deterministic, temperature)
+        logp, _, probs = categorical_stats(logits, actions)
+        return ActOutput(actions, logp, features, probs)
+
+    def evaluate(self, obs, actions: torch.Tensor) -> EvalOutput:
+        features = self.trunk(_as_tensor(obs, self.logits.weight.device))
+        logp, entropy, probs = categorical_stats(self._logits(features), actions)
+        return EvalOutput(logp, entropy, features, probs)
+
+
+class AutoregressiveMLPPolicy(nn.Module):
+    """``pi(a|s) = prod_i pi_i(a^i | s, a^{<i})``, the factorisation of a VLA's action tokens.
+
+    Dim i reads ``c_i = tanh(h + sum_{j<i} E_j[a^j])`` (``E_j`` a learned embedding of dim j's bins)
+    through its own linear map to K logits. ``act`` decodes the D dims one after another;
+    ``evaluate`` is one teacher-forced pass (an exclusive cumulative sum), like a VLA's update.
+    """
+
+    autoregressive = True
+
+    def __init__(self, obs_dim: int, action_dims: int, num_bins: int, hidden_size: int = 64, num_layers: int = 2):
+        super().__init__()
+        self.action_dims, self.num_bins, self.feature_dim = action_dims, num_bins, hidden_size
+        self.trunk = _trunk(obs_dim, hidden_size, num_layers)
+        self.action_embedding = nn.Parameter(torch.randn(action_dims, num_bins, hidden_size) * 0.1)
+        self.out_weight = nn.Parameter(torch.randn(action_dims, hidden_size, num_bins) * 0.01)
+        self.out_bias = nn.Parameter(torch.zeros(action_dims, num_bins))
+
+    def encode(self, obs) -> torch.Tensor:
+        """The state feature ``h [B, H]`` alone (value bootstrap)."""
+        return self.trunk(_as_tensor(obs, self.out_bias.device))
+
+    def _dim_logits(self, context: torch.Tensor, i: int) -> torch.Tensor:
+        return torch.tanh(context) @ self.out_weight[i] + self.out_bias[i]  # [B, K]
+
+    def act(self, obs, *, deterministic: bool = False, temperature: float = 1.0) -> ActOutput:
+        features = self.trunk(_as_tensor(obs, self.out_bias.device))  # [B, H]
+        context = features
+        actions, logits_all = [], []
+        for i in range(self.action_dims):
+            logits = self._dim_logits(context, i)  # [B, K]
+            a_i = _sample(logits[:, None], deterministic, temperature)[:, 0]  # [B]
+            actions.append(a_i)
+            logits_all.append(logits)
+            context = context + self.action_embedding[i][a_i]
+        actions_t = torch.stack(actions, dim=1)  # [B, D]
+        logp, _, probs = categorical_stats(torch.stack(logits_all, dim=1), actions_t)
+        return ActOutput(actions_t, logp, features, probs)
+
+    def evaluate(self, obs, actions: torch.Tensor) -> EvalOutput:
+        features = self.trunk(_as_tensor(obs, self.out_bias.device))  # [B, H]
+        a = actions.long()
+        dims = torch.arange(self.action_dims, device=a.device)
+        emb = self.action_embedding[dims[None, :], a]  # [B, D, H]
+        before = torch.cumsum(emb, dim=1) - emb  # [B, D, H] sum over j < i
+        context = torch.tanh(features[:, None, :] + before)  # [B, D, H]
+        logits = torch.einsum("bdh,dhk->bdk", context, self.out_weight) + self.out_bias  # [B, D, K]
+        logp, entropy, probs = categorical_stats(logits, a)
+        return EvalOutput(logp, entropy, features, probs)

@@ -1,0 +1,1 @@
+"""Orchestration: the PPO loop on Accelerate, rollouts, checkpoints."""

@@ -1,0 +1,476 @@
+"""The PPO loop on Accelerate: rollout -> GAE -> head fit -> credit -> PPO epochs -> log / plot / save.
+
+Reads top to bottom (STYLE.md rule 1). Each process steps ``num_envs / world_size`` envs; advantages
+are normalised across processes; DDP synchronises gradients; the head-only fit averages its
+gradients by hand (it runs outside the DDP forward).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..algo import compute_gae, credit_advantages, head_loss, normalize_advantages, ppo_policy_loss, value_loss
+from ..config import ConfigError, TrainConfig, to_yaml
+from ..diagnostics import credit_summary, explained_variance, plot_credit
+from ..envs import make_env
+from . import checkpoint as ckpt
+from .agent import Agent
+from .rollout import Rollout, RolloutState, collect_rollout
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train"]
+
+# metrics that measure time, not learning: excluded when runs are compared number for number
+TIMING_PREFIXES = ("time/", "charts/SPS")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many updates in a row had a non-finite loss; the newest checkpoint is the last good state."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    agent: Agent
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+# -- setup helpers -----------------------------------------------------------------------------------
+def _make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    return Accelerator(
+        cpu=cpu,
+        gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
+        log_with="tensorboard" if cfg.logging.tensorboard else None,
+        project_dir=str(cfg.run_dir),
+    )
+
+
+def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
+    groups = [{"params": [*agent.policy.parameters(), *agent.value_head.parameters()],
+               "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate}]
+    if agent.adv_head is not None:
+        groups.append({"params": list(agent.adv_head.parameters()), "lr": cfg.ppo.head_learning_rate,
+                       "base_lr": cfg.ppo.head_learning_rate})
+    return groups
+
+
+def _lr_factor(cfg: TrainConfig, update: int) -> float:
+    progress = (update - 1) / cfg.num_updates
+    if cfg.ppo.lr_schedule == "linear":
+        return 1.0 - progress
+    if cfg.ppo.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def _all_reduce_sum(accelerator: Accelerator):
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(x.to(accelerator.device), reduction="sum") if accelerator.num_processes > 1 else x
+
+    return reduce
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(_all_reduce_sum(accelerator)(t).item() > 0)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run PPO with the structured advantage as configured; returns the run dir, agent and metrics."""
+    cfg.validate()
+    accelerator = _make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.env.num_envs % world:
+        raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
+    run_dir, device = cfg.run_dir, accelerator.device
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.seed)  # identical initial weights on every process
+    env_seed = cfg.seed * 1_000_003 + rank
+    envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
+    agent = Agent.from_config(cfg, envs.single_observation_space.shape[0])
+    optimizer = torch.optim.Adam(_param_groups(agent, cfg), eps=1e-5)
+    agent, optimizer = accelerator.prepare(agent, optimizer)
+    core: Agent = accelerator.unwrap_model(agent)
+    set_seed(cfg.seed + rank)  # each process samples its own actions and minibatches
+    obs, _ = envs.reset(seed=env_seed)
+    state = RolloutState(np.asarray(obs), np.zeros(envs.num_envs, bool))
+    counters = {"update": 0, "global_step": 0, "nan_streak": 0}
+    if cfg.resume:
+        counters = _load_checkpoint(cfg.resume, accelerator, core, optimizer, envs, state)
+
+    history = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, keep_until=counters["update"])
+    if cfg.logging.tensorboard:
+        accelerator.init_trackers("tb")
+    pbar = _progress(cfg, accelerator, counters["update"])
+
+    for update in range(counters["update"] + 1, cfg.num_updates + 1):
+        t_start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * _lr_factor(cfg, update)
+
+        # 1. rollout (no grad), 2. GAE with termination / truncation / autoreset kept apart
+        agent.eval()
+        rollout = collect_rollout(core, envs, state, cfg.ppo.num_steps, device)
+        agent.train()
+        counters["global_step"] += cfg.batch_size
+        t_rollout = time.perf_counter()
+        advantages, returns = compute_gae(
+            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated, rollout.truncated,
+            gamma=cfg.ppo.gamma, gae_lambda=cfg.ppo.gae_lambda, final_values=rollout.final_values,
+            valid=rollout.valid,
+        )
+        batch = _flatten(rollout, advantages, returns)
+
+        # 3. fit the structured head on the fresh batch, 4. per-dim credit for the actor
+        metrics: dict[str, float] = {}
+        nan_seen = False
+        head_out = None
+        if core.adv_head is not None:
+            fit_metrics, fit_nan = _fit_head(core, optimizer, batch, cfg, accelerator)
+            metrics.update(fit_metrics)
+            nan_seen |= fit_nan
+            with torch.no_grad():
+                head_out = core.adv_head(batch["features"], batch["actions"], batch["bin_probs"])
+        credit = credit_advantages(
+            cfg.credit.mode, batch["advantages"], head_out, autoregressive=core.autoregressive,
+            shared_source=cfg.credit.shared_source, surrogate=cfg.credit.surrogate,
+            action_dims=cfg.env.action_dims,
+        )  # [B, D]
+        if cfg.ppo.norm_adv:
+            credit = normalize_advantages(credit, batch["advantages"], mask=batch["valid"],
+                                          all_reduce_sum=_all_reduce_sum(accelerator))
+        batch["credit"] = credit
+
+        # 5. PPO epochs x minibatches (x accumulation micro-batches)
+        if not nan_seen:
+            upd_metrics, upd_nan = _ppo_epochs(agent, optimizer, batch, cfg, accelerator)
+            metrics.update(upd_metrics)
+            nan_seen |= upd_nan
+        t_update = time.perf_counter()
+
+        # 6. non-finite guard: skip, warn, abort after several in a row (last checkpoint stays good)
+        if nan_seen:
+            counters["nan_streak"] += 1
+            warnings.warn(f"update {update}: non-finite loss or gradient; update skipped "
+                          f"({counters['nan_streak']}/{cfg.ppo.max_nan_updates} in a row)", stacklevel=1)
+            if counters["nan_streak"] >= cfg.ppo.max_nan_updates:
+                last = ckpt.find_checkpoint(run_dir) if ckpt.list_checkpoints(run_dir) else None
+                raise NonFiniteLossError(
+                    f"{counters['nan_streak']} updates in a row had a non-finite loss; stopping. "
+                    f"Last good checkpoint: {last}. Lower ppo.learning_rate or check the rewards."
+                )
+        else:
+            counters["nan_streak"] = 0
+        counters["update"] = update
+
+        # 7. log / plot / save
+        metrics.update(_rollout_metrics(rollout, batch, head_out, accelerator))
+        metrics.update({
+            "charts/learning_rate": optimizer.param_groups[0]["lr"],
+            "charts/update": float(update),
+            "charts/global_step": float(counters["global_step"]),
+            "charts/skipped_update": float(nan_seen),
+            "charts/SPS": cfg.batch_size / max(t_update - t_start, 1e-9),
+            "time/rollout_s": t_rollout - t_start,
+            "time/update_s": t_update - t_rollout,
+        })
+        is_log_step = update % cfg.logging.log_every == 0 or update == cfg.num_updates
+        is_plot_step = cfg.logging.plot_every > 0 and head_out is not None and (
+            update % cfg.logging.plot_every == 0 or update == cfg.num_updates)
+        is_save_step = not nan_seen and (
+            (cfg.logging.checkpoint_every > 0 and update % cfg.logging.checkpoint_every == 0)
+            or update == cfg.num_updates)
+        if is_log_step:
+            history.append(metrics)
+            accelerator.log(metrics, step=counters["global_step"])
+        if is_plot_step and accelerator.is_main_process:
+            _plot(head_out, run_dir, update, counters["global_step"], accelerator, cfg)
+        if is_save_step:
+            _save_checkpoint(accelerator, core, optimizer, cfg, counters, state, envs)
+        pbar.update(1)
+        pbar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}",
+                         ret=f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}",
+                         norm=f"{metrics.get('rollout/normalized_return', float('nan')):.2f}")
+    pbar.close()
+    accelerator.end_training()
+    return TrainResult(run_dir, core, history.records)
+
+
+# -- update pieces ---------------------------------------------------------------------------------
+def _flatten(rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *x.shape[2:])
+
+    return {
+        "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
+        "bin_probs": flat(rollout.bin_probs), "features": flat(rollout.features), "values": flat(rollout.values),
+        "advantages": flat(advantages), "returns": flat(returns), "valid": flat(rollout.valid),
+    }
+
+
+def _minibatches(n: int, num_minibatches: int) -> list[torch.Tensor]:
+    perm = torch.randperm(n)
+    return list(perm.chunk(num_minibatches))
+
+
+def _fit_head(core: Agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator):
+    """Head-only regression on the batch's stored features (ALGORITHM.md §7), gradients averaged by hand."""
+    head, p = core.adv_head, cfg.ppo
+    params = [q for q in head.parameters() if q.requires_grad]
+    inner = getattr(optimizer, "optimizer", optimizer)
+    sums: dict[str, float] = {}
+    steps, nan_seen = 0, False
+    for _ in range(cfg.head.fit_epochs):
+        for idx in _minibatches(len(batch["actions"]), p.num_minibatches):
+            out = head(batch["features"][idx], batch["actions"][idx], batch["bin_probs"][idx])
+            loss, m = head_loss(out, batch["advantages"][idx], lambda_pair=p.lambda_pair, lambda_1=p.lambda_1,
+                                lambda_2=p.lambda_2, mask=batch["valid"][idx])
+            if _any_rank(accelerator, not bool(torch.isfinite(loss))):
+                nan_seen = True
+                break
+            inner.zero_grad(set_to_none=True)
+            loss.backward()
+            if accelerator.num_processes > 1:
+                for q in params:
+                    if q.grad is not None:
+                        q.grad = accelerator.reduce(q.grad, reduction="mean")
+            torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+            inner.step()
+            steps += 1
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if nan_seen:
+            break
+    inner.zero_grad(set_to_none=True)
+    return {f"losses/head_fit_{k}": v / max(steps, 1) for k, v in sums.items()}, nan_seen
+
+
+def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator):
+    p = cfg.ppo
+    sums: dict[str, float] = {}
+    count = 0
+    nan_seen = False
+    first_ratio_dev = None
+    epochs_done = 0
+    for _epoch in range(p.num_epochs):
+        epoch_kl, epoch_mb = 0.0, 0
+        for mb in _minibatches(len(batch["actions"]), p.num_minibatches):
+            bad = False
+            mb_metrics: dict[str, float] = {}
+            for micro in mb.chunk(p.gradient_accumulation_steps):
+                with accelerator.accumulate(agent):
+                    loss, m, ratio_dev = _loss(agent, batch, micro, cfg)
+                    if first_ratio_dev is None:
+                        first_ratio_dev = ratio_dev
+                    bad = bad or _any_rank(accelerator, not bool(torch.isfinite(loss)))
+                    if bad:
+                        # keep DDP's bookkeeping whole: a zero gradient through every parameter
+                        loss = sum((q * 0.0).sum() for q in agent.parameters())
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
+                        bad = bad or _any_rank(accelerator, not bool(torch.isfinite(torch.as_tensor(grad_norm))))
+                        m["grad_norm"] = float(grad_norm)
+                        if bad:
+                            optimizer.zero_grad(set_to_none=True)
+                        else:
+                            optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                for k, v in m.items():
+                    mb_metrics[k] = mb_metrics.get(k, 0.0) + float(v) / p.gradient_accumulation_steps
+            if bad:
+                nan_seen = True
+                break
+            for k, v in mb_metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            epoch_kl += mb_metrics["approx_kl"]
+            epoch_mb += 1
+        epochs_done += 1
+        if nan_seen:
+            break
+        if p.target_kl is not None:
+            kl = torch.tensor([epoch_kl / max(epoch_mb, 1)], device=accelerator.device)
+            kl = _all_reduce_sum(accelerator)(kl) / accelerator.num_processes
+            if float(kl) > p.target_kl:
+                break
+    out = {f"losses/{k}": v / max(count, 1) for k, v in sums.items()}
+    out = {k: float(_all_reduce_sum(accelerator)(torch.tensor([v], device=accelerator.device)))
+           / accelerator.num_processes for k, v in out.items()}
+    out["losses/first_minibatch_logp_dev"] = float(first_ratio_dev or 0.0)
+    out["losses/epochs_done"] = float(epochs_done)
+    return out, nan_seen
+
+
+def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig):
+    """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7)."""
+    p = cfg.ppo
+    mask = batch["valid"][idx]
+    out = agent(batch["obs"][idx], batch["actions"][idx], batch["bin_probs"][idx])
+    pg_loss, m = ppo_policy_loss(out.logp, batch["logp"][idx], batch["credit"][idx], p.clip_coef,
+                                 ratio=cfg.credit.ratio, mask=mask)
+    v_loss = value_loss(out.value, batch["returns"][idx], batch["values"][idx],
+                        p.clip_coef if p.clip_vloss else None, mask=mask)
+    w = mask.float() / mask.float().sum().clamp_min(1.0)
+    entropy = (out.entropy.sum(-1) * w).sum()  # joint entropy (sum of per-dim / conditional entropies)
+    loss = pg_loss + p.vf_coef * v_loss - p.ent_coef * entropy
+    metrics = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(), **m}
+    if out.head is not None:
+        h_loss, hm = head_loss(out.head, batch["advantages"][idx], lambda_pair=p.lambda_pair,
+                               lambda_1=p.lambda_1, lambda_2=p.lambda_2, mask=mask)
+        loss = loss + p.adv_coef * h_loss
+        metrics["head_loss"] = h_loss.detach()
+    with torch.no_grad():
+        dev = ((out.logp - batch["logp"][idx]).abs().sum(-1) * mask).max()
+    return loss, metrics, float(dev)
+
+
+# -- metrics, plots --------------------------------------------------------------------------------
+def _rollout_metrics(rollout: Rollout, batch: dict, head_out, accelerator: Accelerator) -> dict[str, float]:
+    eps = rollout.episodes
+    sums = torch.tensor([sum(eps.returns), len(eps.returns), sum(eps.optimal), sum(eps.lengths),
+                         sum(eps.success), len(eps.success)], dtype=torch.float64, device=accelerator.device)
+    sums = _all_reduce_sum(accelerator)(sums)
+    out: dict[str, float] = {}
+    if sums[1] > 0:
+        out["rollout/ep_return_mean"] = float(sums[0] / sums[1])
+        out["rollout/ep_length_mean"] = float(sums[3] / sums[1])
+        out["rollout/episodes"] = float(sums[1])
+        if sums[2] > 0:
+            # ratio of means: each episode's optimum is its initial potential (envs/structured.py)
+            out["rollout/normalized_return"] = float(sums[0] / sums[2])
+    if sums[5] > 0:
+        out["rollout/success_rate"] = float(sums[4] / sums[5])
+    valid = batch["valid"]
+    out["losses/explained_variance"] = explained_variance(batch["values"][valid], batch["returns"][valid])
+    out["rollout/reward_mean"] = float(rollout.rewards[rollout.valid].mean())
+    if head_out is not None:
+        out["credit/explained_variance_head"] = explained_variance(head_out.total[valid], batch["advantages"][valid])
+        scalars, _, _ = credit_summary(_select(head_out, valid))
+        out.update(scalars)
+    return out
+
+
+def _select(head_out, mask):
+    from ..algo.heads import HeadOutput
+
+    return HeadOutput(head_out.shared[mask], head_out.per_dim[mask], head_out.pair[mask], head_out.total[mask])
+
+
+def _plot(head_out, run_dir: Path, update: int, step: int, accelerator: Accelerator, cfg: TrainConfig) -> None:
+    _, table, heat = credit_summary(head_out)
+    image = plot_credit(table, heat, run_dir / "plots" / f"credit_{update:06d}.png",
+                        title=f"{cfg.name}: update {update} ({cfg.credit.mode})")
+    if cfg.logging.tensorboard:
+        accelerator.get_tracker("tensorboard").log_images({"credit/plot": image}, step=step, dataformats="HWC")
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` (one line per logged update); on resume, lines after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, main: bool, keep_until: int) -> None:
+        self.path, self.main, self.records = path, main, []
+        if main and path.exists():
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [r for r in kept if r.get("charts/update", 0) <= keep_until]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif main:
+            path.write_text("")
+
+    def append(self, metrics: dict[str, float]) -> None:
+        self.records.append(dict(metrics))
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+def _progress(cfg: TrainConfig, accelerator: Accelerator, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.num_updates, initial=initial, desc=f"train {cfg.name}", unit="upd",
+                disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: TrainConfig, counters: dict,
+                     state: RolloutState, envs) -> None:
+    root = cfg.run_dir / "checkpoints"
+    name = f"{counters['update']:06d}"
+    tmp, final = root / f".tmp-{name}", root / name
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rank_state = {
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "env": ckpt.to_torch_tree(envs.get_state()) if hasattr(envs, "get_state") else None,
+        "rollout": ckpt.to_torch_tree(state.state_dict()),
+    }
+    torch.save(rank_state, tmp / f"rank_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for attr, fname in ckpt.MODULE_FILES.items():
+            module = getattr(core, attr)
+            if module is not None:
+                ckpt.save_module(module, tmp / fname)
+        torch.save({"optimizer": optimizer.state_dict(), "counters": dict(counters),
+                    "world_size": accelerator.num_processes}, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        ckpt.write_atomic_dir(tmp, final)
+        ckpt.prune(cfg.run_dir, cfg.logging.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(path: str, accelerator: Accelerator, core: Agent, optimizer, envs, state: RolloutState) -> dict:
+    where = ckpt.find_checkpoint(path)
+    missing = [f for f in ckpt.required_files(core.adv_head is not None, accelerator.num_processes)
+               if not (where / f).is_file()]
+    if missing:
+        raise ckpt.CheckpointError(
+            f"checkpoint {where} is incomplete: missing {missing}. It was written by a run with another "
+            "number of processes or head setting, or it is damaged; resume from another checkpoint.")
+    for attr, fname in ckpt.MODULE_FILES.items():
+        module = getattr(core, attr)
+        if module is not None:
+            ckpt.load_module(module, where / fname)
+    trainer_state = ckpt.torch_load(where / "trainer_state.pt")
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    rank_state = ckpt.torch_load(where / f"rank_{accelerator.process_index}.pt")
+    torch.set_rng_state(rank_state["torch_rng"])
+    random.setstate(_as_tuple(rank_state["python_rng"]))
+    if rank_state["env"] is not None and hasattr(envs, "set_state"):
+        envs.set_state(rank_state["env"])
+    else:
+        warnings.warn("this env cannot save its state: resumed envs start fresh episodes", stacklevel=1)
+    restored = RolloutState.from_state_dict(rank_state["rollout"])
+    state.obs, state.resetting = np.asarray(restored.obs), np.asarray(restored.resetting).astype(bool)
+    return dict(trainer_state["counters"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

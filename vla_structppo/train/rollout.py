@@ -1,0 +1,144 @@
+"""Collect a rollout from a gymnasium vector env into a flat buffer.
+
+Termination, truncation and next-step autoreset are recorded apart (ALGORITHM.md §2) and meet only
+in :func:`vla_structppo.algo.compute_gae`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from .agent import Agent
+
+__all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout"]
+
+
+@dataclass
+class RolloutState:
+    """What carries over between rollouts (and into checkpoints): the current observation and, for
+    next-step autoreset envs, which envs' next ``step()`` is only a reset."""
+
+    obs: np.ndarray
+    resetting: np.ndarray
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"obs": self.obs.copy(), "resetting": self.resetting.copy()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> RolloutState:
+        return cls(np.asarray(d["obs"]).copy(), np.asarray(d["resetting"]).copy())
+
+
+@dataclass
+class EpisodeStats:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    optimal: list[float] = field(default_factory=list)
+    success: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Rollout:
+    """``[T, N, ...]`` tensors of one rollout (T steps of N local envs)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor  # [T, N, D]
+    logp: torch.Tensor  # [T, N, D]
+    bin_probs: torch.Tensor  # [T, N, D, K]
+    features: torch.Tensor  # [T, N, H]
+    values: torch.Tensor  # [T, N]
+    rewards: torch.Tensor  # [T, N]
+    terminated: torch.Tensor  # [T, N] bool
+    truncated: torch.Tensor  # [T, N] bool
+    valid: torch.Tensor  # [T, N] bool, False on next-step autoreset steps
+    final_values: torch.Tensor  # [T, N] V(final obs) where truncated
+    next_value: torch.Tensor  # [N]
+    reward_per_dim: torch.Tensor | None  # [T, N, D] ground truth, when the env exposes it
+    episodes: EpisodeStats
+
+
+def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -> torch.Tensor:
+    """``V(final obs)`` for same-step autoreset envs (the final obs is only in ``info``)."""
+    out = torch.zeros(len(truncated), device=device)
+    if truncated.any() and "final_obs" in info:
+        idx = np.nonzero(truncated)[0]
+        final = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
+        feats = agent.policy.encode(torch.as_tensor(final, device=device))
+        out[torch.as_tensor(idx, device=device)] = agent.value_head(feats).float()
+    return out
+
+
+@torch.no_grad()
+def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device) -> Rollout:
+    """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place."""
+    next_step = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
+    T, N = num_steps, envs.num_envs
+    buf: dict[str, list] = {k: [] for k in ("obs", "actions", "logp", "bin_probs", "features", "values", "rewards",
+                                             "terminated", "truncated", "valid", "final_values", "reward_per_dim")}
+    episodes = EpisodeStats()
+    for _ in range(T):
+        obs_t = torch.as_tensor(state.obs, device=device)
+        out = agent.policy.act(obs_t)
+        value = agent.value_head(out.features).float()
+        next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        valid = ~state.resetting if next_step else np.ones(N, bool)
+        buf["obs"].append(obs_t)
+        buf["actions"].append(out.actions)
+        buf["logp"].append(out.logp.float())
+        buf["bin_probs"].append(out.bin_probs.float())
+        buf["features"].append(out.features.float())
+        buf["values"].append(value)
+        buf["rewards"].append(torch.as_tensor(reward, dtype=torch.float32, device=device))
+        buf["terminated"].append(torch.as_tensor(terminated, device=device))
+        buf["truncated"].append(torch.as_tensor(truncated, device=device))
+        buf["valid"].append(torch.as_tensor(valid, device=device))
+        # next-step autoreset: the final obs IS the next obs, its value is filled in below
+        buf["final_values"].append(torch.zeros(N, device=device) if next_step
+                                   else _final_obs_values(agent, info, truncated & ~terminated, device))
+        if "reward_per_dim" in info:
+            buf["reward_per_dim"].append(torch.as_tensor(info["reward_per_dim"], dtype=torch.float32, device=device))
+        _record_episodes(info, episodes)
+        state.obs = np.asarray(next_obs)
+        state.resetting = terminated | truncated if next_step else np.zeros(N, bool)
+
+    next_value = agent.value_head(agent.policy.encode(torch.as_tensor(state.obs, device=device))).float()
+    values = torch.stack(buf["values"])
+    final_values = torch.stack(buf["final_values"])
+    if next_step:
+        following = torch.cat([values[1:], next_value[None]], dim=0)  # V(obs_{t+1}) = V(final obs)
+        final_values = following
+    return Rollout(
+        obs=torch.stack(buf["obs"]),
+        actions=torch.stack(buf["actions"]),
+        logp=torch.stack(buf["logp"]),
+        bin_probs=torch.stack(buf["bin_probs"]),
+        features=torch.stack(buf["features"]),
+        values=values,
+        rewards=torch.stack(buf["rewards"]),
+        terminated=torch.stack(buf["terminated"]),
+        truncated=torch.stack(buf["truncated"]),
+        valid=torch.stack(buf["valid"]),
+        final_values=final_values,
+        next_value=next_value,
+        reward_per_dim=torch.stack(buf["reward_per_dim"]) if buf["reward_per_dim"] else None,
+        episodes=episodes,
+    )
+
+
+def _record_episodes(info: dict, episodes: EpisodeStats) -> None:
+    done = info.get("_episode")
+    if done is None:
+        return
+    for i in np.nonzero(done)[0]:
+        episodes.returns.append(float(info["episode_return"][i]))
+        episodes.lengths.append(int(info["episode_length"][i]))
+        if "episode_optimal" in info:
+            episodes.optimal.append(float(info["episode_optimal"][i]))
+        if "success" in info:
+            episodes.success.append(float(info["success"][i]))
