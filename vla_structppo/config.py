@@ -13,7 +13,7 @@ import difflib
 import inspect
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
@@ -331,7 +331,7 @@ def _dataclass_of(schema: type, name: str) -> type | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _type_hints(schema: type) -> dict[str, Any]:
     import typing
 
@@ -393,7 +393,7 @@ def config_from_yaml_text(text: str) -> TrainConfig:
     return OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), data, "saved config")).validate()
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(schema: type = TrainConfig) -> dict[str, str]:
     """``{"ppo.clip_coef": "PPO clip epsilon.", ...}`` from the docstring under each field."""
     docs: dict[str, str] = {}

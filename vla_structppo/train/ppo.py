@@ -22,7 +22,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..algo import compute_gae, credit_advantages, head_loss, normalize_advantages, ppo_policy_loss, value_loss
+from ..algo import (
+    compute_gae,
+    credit_advantages,
+    head_loss,
+    normalize_advantages,
+    ppo_policy_loss,
+    value_loss,
+)
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import credit_summary, explained_variance, plot_credit
 from ..envs import make_env
@@ -173,18 +180,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         t_update = time.perf_counter()
 
         # 6. non-finite guard: skip, warn, abort after several in a row (last checkpoint stays good)
+        counters["nan_streak"] = counters["nan_streak"] + 1 if nan_seen else 0
         if nan_seen:
-            counters["nan_streak"] += 1
             warnings.warn(f"update {update}: non-finite loss or gradient; update skipped "
                           f"({counters['nan_streak']}/{cfg.ppo.max_nan_updates} in a row)", stacklevel=1)
-            if counters["nan_streak"] >= cfg.ppo.max_nan_updates:
-                last = ckpt.find_checkpoint(run_dir) if ckpt.list_checkpoints(run_dir) else None
-                raise NonFiniteLossError(
-                    f"{counters['nan_streak']} updates in a row had a non-finite loss; stopping. "
-                    f"Last good checkpoint: {last}. Lower ppo.learning_rate or check the rewards."
-                )
-        else:
-            counters["nan_streak"] = 0
         counters["update"] = update
 
         # 7. log / plot / save
@@ -211,6 +210,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             _plot(head_out, run_dir, update, counters["global_step"], accelerator, cfg)
         if is_save_step:
             _save_checkpoint(accelerator, core, optimizer, cfg, counters, state, envs)
+        if counters["nan_streak"] >= cfg.ppo.max_nan_updates:
+            last = ckpt.find_checkpoint(run_dir) if ckpt.list_checkpoints(run_dir) else None
+            pbar.close()
+            accelerator.end_training()
+            raise NonFiniteLossError(
+                f"{counters['nan_streak']} updates in a row had a non-finite loss; stopping. "
+                f"Last good checkpoint: {last}. Lower ppo.learning_rate or check the rewards."
+            )
         pbar.update(1)
         pbar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}",
                          ret=f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}",

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+# 2 shared cores: one thread per process keeps timings and results steady
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def quick_overrides(tmp_path):
+    """A tiny, fast run in a temporary output dir."""
+    return [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
+            "logging.plot_every=0", "env.num_envs=16", "ppo.num_steps=4", "ppo.total_timesteps=256",
+            "env.num_goals=4"]

@@ -1,0 +1,122 @@
+"""Strict config: every bad input fails early, clearly, and before torch is imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla_structppo import config as C
+from vla_structppo.config import ConfigError, load_config
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+
+
+def test_every_recipe_loads_and_validates():
+    assert len(RECIPES) >= 6
+    for path in RECIPES:
+        if "accelerate" in path.parts:
+            continue
+        load_config(path)
+
+
+def test_choice_lists_match_the_code():
+    from vla_structppo import algo
+    from vla_structppo.envs import registry
+    from vla_structppo.train.agent import POLICIES
+
+    assert C.CREDIT_MODES == algo.CREDIT_MODES and C.HEAD_MODES == algo.HEAD_MODES
+    assert C.CENTERINGS == algo.CENTERINGS and C.RATIOS == algo.RATIOS
+    assert tuple(POLICIES) == C.POLICY_TYPES and registry.ENV_IDS == C.ENV_IDS
+
+
+def test_unknown_recipe_key_names_it_and_the_nearest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  lerning_rate: 0.001\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'ppo.lerning_rate'; did you mean 'ppo.learning_rate'"):
+        load_config(bad)
+
+
+def test_unknown_top_level_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sed: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'sed'; did you mean 'seed'"):
+        load_config(bad)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  num_steps: many\n")
+    with pytest.raises(ConfigError, match="ppo.num_steps"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="env.num_envs"):
+        load_config(None, ["env.num_envs=1.5"])
+
+
+def test_missing_recipe_file():
+    with pytest.raises(ConfigError, match="recipe file not found: 'nope.yaml'"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["credit.mode=counterfactual", "head.enabled=false"], "head.enabled=false"),
+    (["credit.mode=conterfactual"], "did you mean 'counterfactual'"),
+    (["head.centering=mean"], "head.centering"),
+    (["env.num_bins=10"], "must be odd"),
+    (["env.pairs=[{i: 0, j: 9}]"], "env.pairs"),
+    (["env.dim_weights=[1, 2]"], "dim_weights"),
+    (["env.num_envs=10", "ppo.num_steps=1", "ppo.num_minibatches=4"], "not divisible"),
+    (["ppo.learning_rate=0"], "learning_rate"),
+])
+def test_impossible_combinations(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["ppo.learning_rate=1e-3", "env.pairs=[{i: 0, j: 1, weight: 2}]", "ppo.target_kl=0.02"])
+    assert cfg.ppo.learning_rate == 1e-3 and cfg.env.pairs[0].weight == 2.0 and cfg.ppo.target_kl == 0.02
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config(RECIPES[0])
+    assert C.config_from_yaml_text(C.to_yaml(cfg)) == cfg
+
+
+def test_every_field_has_a_docstring():
+    docs = C.field_docs()
+    import dataclasses
+
+    def walk(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            sub = C._dataclass_of(cls, f.name)
+            if sub is not None and f.name != "pairs":
+                yield from walk(sub, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    missing = [k for k in walk(C.TrainConfig) if k not in docs]
+    assert not missing, missing
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = ("import sys\nfrom vla_structppo.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_fails_before_heavy_imports(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("credit:\n  mode: structured\nhead:\n  enabled: false\n")
+    for args in (("train", str(bad)), ("train", "missing.yaml"), ("train", "ppo.lerning_rate=1")):
+        out = _cli(*args)
+        assert "EXIT 2 False" in out.stdout, (args, out.stdout, out.stderr)
+        assert "error:" in out.stderr
+
+
+def test_cli_config_prints_resolved_yaml():
+    out = subprocess.run([sys.executable, "-m", "vla_structppo", "config", str(RECIPES[0]), "ppo.clip_coef=0.3"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "clip_coef: 0.3" in out.stdout

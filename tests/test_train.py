@@ -1,0 +1,137 @@
+"""The trainer: learning, exact resume, ratio == 1 at the first minibatch, accumulation invariance,
+the non-finite guard, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vla_structppo.config import load_config
+from vla_structppo.train import checkpoint as ckpt
+from vla_structppo.train import ppo
+from vla_structppo.train.ppo import TIMING_PREFIXES, NonFiniteLossError, train
+
+
+def learning_metrics(records):
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIXES)} for r in records]
+
+
+@pytest.mark.parametrize("mode", ["joint", "counterfactual"])
+def test_reaches_90_percent_of_optimal_on_additive_d7(tmp_path, mode):
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", f"name={mode}", "seed=1", "logging.progress_bar=false",
+        "logging.tensorboard=false", "logging.plot_every=0", "env.action_dims=7", "env.num_bins=11",
+        "env.num_goals=4", "env.num_envs=64", "ppo.num_steps=4", "ppo.total_timesteps=8192",
+        "head.fit_epochs=4", f"credit.mode={mode}",
+    ])
+    result = train(cfg)
+    last = [r["rollout/normalized_return"] for r in result.history[-3:]]
+    first = result.history[0]["rollout/normalized_return"]
+    assert first < 0.0  # a uniform policy is far from optimal on this task
+    assert min(last) >= 0.9, last
+
+
+@pytest.mark.parametrize("policy", ["mlp", "ar_mlp"])
+def test_rollout_logp_equals_first_minibatch_logp(quick_overrides, policy):
+    result = train(load_config(None, quick_overrides + [f"policy.type={policy}", "ppo.total_timesteps=128"]))
+    assert result.history[0]["losses/first_minibatch_logp_dev"] < 1e-5
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
+              "logging.plot_every=2", "env.num_envs=8", "ppo.num_steps=4", "env.horizon=3", "env.noise_std=0.1",
+              "policy.type=ar_mlp", "ppo.num_minibatches=2", "ppo.total_timesteps=128"]  # 4 updates
+    full = train(load_config(None, common + ["name=full", "logging.checkpoint_every=0"]))
+    assert len(full.history) == 4
+    # 2 updates, stop (the schedule still spans 4 updates), then resume for the last 2
+    part = load_config(None, common + ["name=split", "logging.checkpoint_every=2"])
+    import vla_structppo.config as C
+
+    class Stop(Exception):
+        pass
+
+    original = ppo._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Stop
+
+    ppo._save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train(part)
+    finally:
+        ppo._save_checkpoint = original
+    resumed = train(C.load_config(None, common + ["name=split", "logging.checkpoint_every=2",
+                                                  f"resume={tmp_path / 'split'}"]))
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["charts/update"] for r in lines] == [1, 2, 3, 4]
+    assert learning_metrics(lines) == learning_metrics(full.history)
+    assert len(resumed.history) == 2
+    for a, b in zip(full.agent.state_dict().values(), resumed.agent.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_gradient_accumulation_invariance(quick_overrides):
+    """One minibatch of 32 in one pass == the same minibatch in 4 accumulated micro-batches."""
+    base = quick_overrides + ["ppo.total_timesteps=64", "ppo.num_minibatches=2", "env.num_envs=16"]
+    a = train(load_config(None, base + ["name=gas1", "ppo.gradient_accumulation_steps=1"]))
+    b = train(load_config(None, base + ["name=gas4", "ppo.gradient_accumulation_steps=4"]))
+    for (name, x), y in zip(a.agent.state_dict().items(), b.agent.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrides, monkeypatch):
+    cfg = load_config(None, quick_overrides + ["name=nan", "ppo.total_timesteps=640", "logging.checkpoint_every=1",
+                                               "ppo.max_nan_updates=3"])
+    real = ppo.ppo_policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls["n"] += 1
+        # updates 1-2 are healthy (4 epochs x 4 minibatches each), everything after is NaN
+        return (loss * float("nan") if calls["n"] > 32 else loss), m
+
+    monkeypatch.setattr(ppo, "ppo_policy_loss", poisoned)
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteLossError, match="Last good checkpoint"):
+        train(cfg)
+    run = cfg.run_dir
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["000001", "000002"]
+    last = ckpt.find_checkpoint(run)
+    assert last.name == "000002"
+    params = ckpt.load_file(str(last / "policy.safetensors")) if hasattr(ckpt, "load_file") else None
+    assert params is not None and all(torch.isfinite(v).all() for v in params.values())
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["charts/skipped_update"] for r in lines] == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_checkpoint_layout_and_strict_load(quick_overrides, tmp_path):
+    cfg = load_config(None, quick_overrides + ["name=ck", "ppo.total_timesteps=128"])
+    train(cfg)
+    last = ckpt.find_checkpoint(cfg.run_dir)
+    names = {p.name for p in last.iterdir()}
+    assert names == {"policy.safetensors", "value_head.safetensors", "advantage_head.safetensors",
+                     "trainer_state.pt", "rank_0.pt", "config.yaml"}
+    assert (cfg.run_dir / "checkpoints" / "last").is_symlink()
+    assert not any(p.name.startswith(".tmp") for p in (cfg.run_dir / "checkpoints").iterdir())
+    (last / "value_head.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="value_head.safetensors"):
+        train(load_config(None, quick_overrides + ["name=ck", "ppo.total_timesteps=256", f"resume={cfg.run_dir}"]))
+
+
+def test_plots_and_tensorboard_written(quick_overrides):
+    cfg = load_config(None, quick_overrides + ["name=plots", "ppo.total_timesteps=128", "logging.plot_every=1",
+                                               "logging.tensorboard=true"])
+    result = train(cfg)
+    pngs = sorted((cfg.run_dir / "plots").glob("credit_*.png"))
+    assert len(pngs) == 2 and pngs[0].stat().st_size > 5000
+    assert list((cfg.run_dir / "tb").rglob("events.out.tfevents.*"))
+    keys = result.final.keys()
+    for k in ("losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/entropy",
+              "losses/grad_norm", "charts/learning_rate", "charts/SPS", "credit/pair_abs_mean",
+              "credit/delta_mean_0", "credit/explained_variance_head"):
+        assert k in keys, k
+    assert abs(result.final["credit/delta_mean_0"] + sum(result.final[f"credit/delta_mean_{i}"] for i in range(1, 7))) < 1e-6
