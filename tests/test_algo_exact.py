@@ -151,7 +151,7 @@ def test_counterfactual_baseline_brute_force():
     for ar in (False, True):
         c = counterfactual_baseline(head_out, autoregressive=ar)
         for i in range(D):
-            keep = (lambda j: j < i) if ar else (lambda j: j != i)
+            keep = (lambda j, i=i: j < i) if ar else (lambda j, i=i: j != i)
             want = b + sum((u[:, j] for j in range(D) if keep(j)), torch.zeros_like(b))
             want = want + sum((P[:, j, k] for j in range(D) for k in range(j + 1, D) if keep(j) and keep(k)),
                               torch.zeros_like(b))

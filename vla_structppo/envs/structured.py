@@ -161,7 +161,7 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, self.spec.action_dims)
-        N, D = self.num_envs, self.spec.action_dims
+        N = self.num_envs
         resetting = self._needs_reset.copy()  # next-step autoreset: these calls only reset
         per_dim, pair = self.reward_parts(self._err, actions)
         per_dim[resetting] = 0.0
