@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, CheckpointError) as err:
         print(f"vla-structppo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    from accelerate import PartialState
+
     final = result.final
-    if final:
+    if final and PartialState().is_main_process:
         shown = {k: round(v, 4) for k, v in final.items()
                  if k in ("rollout/ep_return_mean", "rollout/normalized_return", "rollout/success_rate")}
         print(f"done: {result.run_dir}  {shown}")
