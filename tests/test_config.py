@@ -62,7 +62,7 @@ def test_missing_recipe_file():
     (["credit.mode=counterfactual", "head.enabled=false"], "head.enabled=false"),
     (["credit.mode=conterfactual"], "did you mean 'counterfactual'"),
     (["head.centering=mean"], "head.centering"),
-    (["env.num_bins=10"], "must be odd"),
+    (["env.num_bins=1"], "env.num_bins must be >= 2"),
     (["env.pairs=[{i: 0, j: 9}]"], "env.pairs"),
     (["env.dim_weights=[1, 2]"], "dim_weights"),
     (["env.num_envs=10", "ppo.num_steps=1", "ppo.num_minibatches=4"], "not divisible"),

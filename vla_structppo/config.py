@@ -73,7 +73,7 @@ class EnvConfig:
     action_dims: int = 7
     """D, the number of action dims (a VLA emits 7 action tokens)."""
     num_bins: int = 11
-    """K, bins per action dim (a VLA uses 256; odd here so one bin means 'do not move')."""
+    """K, bins per action dim (a VLA uses 256; an odd K has a 'stay' bin)."""
     horizon: int = 1
     """Steps per episode: 1 = contextual bandit; >1 = sequential task (credit flows through GAE)."""
     dim_weights: Optional[List[float]] = None  # noqa: UP006, UP045
@@ -270,8 +270,6 @@ class TrainConfig:
         ]:
             if value < low:
                 problems.append(f"{key} must be >= {low}, got {value}")
-        if e.id == "structured" and e.num_bins % 2 == 0:
-            problems.append(f"env.num_bins must be odd for the structured task (one bin = 'stay'), got {e.num_bins}")
         if e.dim_weights is not None and len(e.dim_weights) != D:
             problems.append(f"env.dim_weights has {len(e.dim_weights)} entries but env.action_dims={D}")
         for k, pair in enumerate(e.pairs):

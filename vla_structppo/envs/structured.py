@@ -10,7 +10,8 @@ The per-dim part of dim i depends on ``a^i`` only; the pairwise part of ``(i, j)
 interaction (the two dims must move together). Dims with ``w_i = 0`` outside every pair are pure
 distractors. Both parts are progress on a potential, so an episode's optimal return is exactly its
 initial potential ``sum_i w_i |e0_i| + sum w_ij |e0_i - e0_j|``: goals lie on the move grid and within
-reach, so the potential can be brought to 0.
+reach, so the potential can be brought to 0 (odd K has a 'stay' bin; with even K, such as a VLA's 256,
+a goal is a sum of ``horizon`` moves).
 
 ``horizon=1`` is a contextual bandit (``p0 = 0``, the goal is the move of one bin per dim, seen in the
 observation); ``horizon>1`` is a sequential task whose credit must flow through GAE; the episode is
@@ -51,9 +52,6 @@ class StructuredTaskSpec:
         D, K = self.action_dims, self.num_bins
         if D < 1 or K < 2:
             raise ValueError(f"need action_dims >= 1 and num_bins >= 2, got D={D}, K={K}")
-        if (K - 1) % 2:
-            # an odd K keeps a "stay" bin (m = 0) so the goal can be held once reached
-            raise ValueError(f"num_bins must be odd so that one bin means 'do not move', got {K}")
         if self.dim_weights is not None and len(self.dim_weights) != D:
             raise ValueError(f"dim_weights has {len(self.dim_weights)} entries, action_dims is {D}")
         for i, j, _ in self.pairs:
@@ -129,9 +127,17 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
     def _draw_goals(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Initial errors on the move grid, within ``goal_reach`` of what the horizon can cover."""
         spec = self.spec
-        max_steps = int(np.floor(spec.goal_reach * spec.horizon * (spec.num_bins - 1) / 2))
-        steps = rng.integers(-max_steps, max_steps + 1, size=(n, spec.action_dims))
-        return steps * self._grid
+        if spec.num_bins % 2:
+            # odd K: a 'stay' bin exists, so any grid point within reach can be reached and held
+            max_steps = int(np.floor(spec.goal_reach * spec.horizon * (spec.num_bins - 1) / 2))
+            steps = rng.integers(-max_steps, max_steps + 1, size=(n, spec.action_dims))
+            return steps * self._grid
+        # even K (a VLA's 256): no zero move; a goal is the sum of `horizon` moves, so it is reached
+        # exactly at the last step (with terminate_on_success, as soon as it is reached)
+        half = (spec.num_bins - 1) / 2
+        lo, hi = int(np.ceil(half - spec.goal_reach * half)), int(np.floor(half + spec.goal_reach * half))
+        bins = rng.integers(lo, hi + 1, size=(n, spec.horizon, spec.action_dims))
+        return -self.moves(bins).sum(1)
 
     def _new_goals(self, n: int) -> np.ndarray:
         if self._goal_set is not None:
