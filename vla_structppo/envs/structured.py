@@ -203,7 +203,6 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
                 info["final_obs"] = self._obs()
                 info["_final_obs"] = done.copy()
             self._reset_envs(done)
-            self._reset_envs(resetting)  # never set in same-step mode; kept for symmetry
         else:
             self._reset_envs(resetting)
             self._needs_reset = done.copy()

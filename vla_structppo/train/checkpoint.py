@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file  # noqa: F401 (load_file re-exported for tests)
+from safetensors.torch import load_file, save_file
 
 __all__ = ["CheckpointError", "find_checkpoint", "list_checkpoints", "load_module", "required_files", "save_module"]
 

@@ -290,7 +290,7 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
             mb_metrics: dict[str, float] = {}
             for micro in mb.chunk(p.gradient_accumulation_steps):
                 with accelerator.accumulate(agent):
-                    loss, m, ratio_dev = _loss(agent, batch, micro, cfg)
+                    loss, m, ratio_dev = _loss(agent, batch, micro, cfg, check_ratio=first_ratio_dev is None)
                     if first_ratio_dev is None:
                         first_ratio_dev = ratio_dev
                     bad = bad or _any_rank(accelerator, not bool(torch.isfinite(loss)))
@@ -333,7 +333,7 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
     return out, nan_seen
 
 
-def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig):
+def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: bool = False):
     """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7)."""
     p = cfg.ppo
     mask = batch["valid"][idx]
@@ -351,9 +351,11 @@ def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig):
                                lambda_1=p.lambda_1, lambda_2=p.lambda_2, mask=mask)
         loss = loss + p.adv_coef * h_loss
         metrics["head_loss"] = h_loss.detach()
-    with torch.no_grad():
-        dev = ((out.logp - batch["logp"][idx]).abs().sum(-1) * mask).max()
-    return loss, metrics, float(dev)
+    dev = None
+    if check_ratio:  # only the first micro-batch of an update: rollout vs recomputed log-probs
+        with torch.no_grad():
+            dev = float(((out.logp - batch["logp"][idx]).abs().sum(-1) * mask).max())
+    return loss, metrics, dev
 
 
 # -- metrics, plots --------------------------------------------------------------------------------
