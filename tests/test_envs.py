@@ -52,7 +52,7 @@ def test_next_step_autoreset_marks_reset_steps_invalid():
     env = make_env(cfg.env, 3, seed=0)
     assert env.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
     torch.manual_seed(0)
-    agent = Agent.from_config(cfg, env.single_observation_space.shape[0])
+    agent = Agent.from_config(cfg, env)
     obs, _ = env.reset(seed=0)
     ro = collect_rollout(agent, env, RolloutState(obs, np.zeros(3, bool)), 6, torch.device("cpu"))
     # steps 0,1 episode; 2 reset; 3,4 episode; 5 reset

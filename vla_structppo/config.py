@@ -26,9 +26,12 @@ __all__ = [
     "EnvConfig",
     "HeadConfig",
     "LoggingConfig",
+    "LoraConfig",
+    "ModelConfig",
     "PPOConfig",
     "PairConfig",
     "PolicyConfig",
+    "SFTConfig",
     "TrainConfig",
     "field_docs",
     "load_config",
@@ -38,7 +41,12 @@ __all__ = [
 # Choices, kept here (not imported from algo/ or envs/, which import torch / gymnasium);
 # tests/test_config.py checks they equal the ones the code implements.
 ENV_IDS = ("structured",)
-POLICY_TYPES = ("mlp", "ar_mlp")
+POLICY_TYPES = ("mlp", "ar_mlp", "vla")
+OBSERVATIONS = ("state", "image")
+# transformers ``model_type`` values the VLA policy supports (policies/vla_arch.py implements them)
+VLA_MODEL_TYPES = ("paligemma", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava")
+ACTION_TOKEN_MODES = ("last_k", "add")
+DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
 HEAD_MODES = ("shared_local", "structured", "counterfactual")
 CENTERINGS = ("policy", "uniform", "none")
@@ -94,18 +102,81 @@ class EnvConfig:
     """End an episode (terminated) once the goal is reached; otherwise it runs to the horizon."""
     autoreset_mode: str = "same_step"
     """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked)."""
+    observation: str = "state"
+    """``state`` (the error vector, for the MLP policies) or ``image`` (a picture + instruction, for a VLA)."""
+    image_size: int = 32
+    """Side in pixels of the image observation."""
 
 
 @dataclass
 class PolicyConfig:
     type: str = "mlp"
-    """``mlp`` (independent heads per dim) or ``ar_mlp`` (autoregressive over dims, like a VLA)."""
+    """``mlp`` (independent heads per dim), ``ar_mlp`` (autoregressive over dims) or ``vla`` (see ``model``)."""
     hidden_size: int = 64
     """Width of the policy trunk; also the width of the state feature the heads read."""
     num_layers: int = 2
     """Layers of the policy trunk."""
     value_hidden_size: int = 64
     """Width of the value head MLP."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    """Train a LoRA adapter (peft); false = full fine-tuning of the language model."""
+    r: int = 32
+    """LoRA rank."""
+    alpha: int = 64
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.0
+    """LoRA dropout (0 keeps rollout and update log-probs identical)."""
+    target_modules: Optional[str] = None  # noqa: UP045
+    """Anchored regex of module names to adapt; null = the architecture's language-model linears."""
+    include_vision: bool = False
+    """Also adapt the vision tower's linears (and train it under full fine-tuning)."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = None  # noqa: UP045
+    """VLM / VLA checkpoint: a local dir (e.g. from scripts/make_tiny_vla.py) or a Hub id."""
+    revision: Optional[str] = None  # noqa: UP045
+    """Hub revision (branch, tag or commit) of ``name_or_path``."""
+    trust_remote_code: bool = False
+    """Run code shipped with the checkpoint; off unless you trust its author."""
+    dtype: str = "float32"
+    """Weights dtype: ``float32``, ``bfloat16`` or ``float16`` (heads and log-probs stay float32)."""
+    attn_implementation: Optional[str] = None  # noqa: UP045
+    """transformers attention kernel (``sdpa``, ``eager``, ``flash_attention_2`` ...); null = the model's default."""
+    action_tokens: str = "last_k"
+    """Bin tokens: ``last_k`` (reuse the last K vocabulary ids, as OpenVLA) or ``add`` (new ``<act_k>``)."""
+    feature_layer: int = -1
+    """Decoder layer whose hidden state at the last prompt token is the state feature (-1 = last)."""
+    prompt: str = "In: What action should the robot take to {instruction}?\nOut:"
+    """Prompt template; ``{instruction}`` is the env's instruction."""
+    rollout_temperature: float = 1.0
+    """Sampling temperature of rollouts (log-probs are of the untempered policy)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (saves memory on big models)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SFTConfig:
+    dataset: Optional[str] = None  # noqa: UP045
+    """Demonstrations saved with ``datasets.Dataset.save_to_disk``: ``image``, ``instruction``, ``action``."""
+    num_epochs: int = 20
+    """Passes over the dataset."""
+    batch_size: int = 16
+    """Samples per optimizer step."""
+    learning_rate: float = 1.0e-3
+    """AdamW learning rate of the adapter (or the model under full fine-tuning)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_samples: int = 0
+    """Use only the first n samples (0 = all)."""
+    bounds: str = "dataset"
+    """Action normalisation bounds: ``dataset`` (q01/q99 of its actions) or ``model`` (the checkpoint's)."""
 
 
 @dataclass
@@ -186,6 +257,8 @@ class PPOConfig:
     """Stop the epochs of an update once approx KL exceeds this; null = never."""
     max_nan_updates: int = 3
     """Abort after this many updates in a row with a non-finite loss (each is skipped)."""
+    kl_coef: float = 0.0
+    """KL penalty to the reference policy (the VLA with its adapter disabled); 0 = off."""
 
 
 @dataclass
@@ -216,8 +289,12 @@ class TrainConfig:
     """``auto`` (CUDA if available), ``cpu`` or ``cuda``."""
     resume: Optional[str] = None  # noqa: UP045
     """A run dir (its newest checkpoint) or a checkpoint dir to continue exactly from."""
+    init_from: Optional[str] = None  # noqa: UP045
+    """Start weights (adapter, and heads when present) from this checkpoint, e.g. an SFT run's."""
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     credit: CreditConfig = field(default_factory=CreditConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -247,6 +324,28 @@ class TrainConfig:
         choice("env.id", self.env.id, ENV_IDS)
         choice("env.autoreset_mode", self.env.autoreset_mode, AUTORESET_MODES)
         choice("policy.type", self.policy.type, POLICY_TYPES)
+        choice("env.observation", self.env.observation, OBSERVATIONS)
+        choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
+        choice("model.dtype", self.model.dtype, DTYPES)
+        choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
+        if self.policy.type == "vla":
+            if not self.model.name_or_path and not self.init_from:
+                problems.append("policy.type=vla needs model.name_or_path (a VLM / VLA checkpoint dir or Hub id, "
+                                "e.g. one written by scripts/make_tiny_vla.py) or init_from")
+            if self.env.observation != "image":
+                problems.append("policy.type=vla reads images: set env.observation=image")
+            if self.model.lora.r < 1:
+                problems.append(f"model.lora.r must be >= 1, got {self.model.lora.r}")
+            if self.model.rollout_temperature <= 0:
+                problems.append("model.rollout_temperature must be > 0")
+            if "{instruction}" not in self.model.prompt:
+                problems.append("model.prompt must contain '{instruction}'")
+            if self.ppo.kl_coef > 0 and not self.model.lora.enabled:
+                problems.append("ppo.kl_coef > 0 uses the adapter-disabled model as the reference: it needs "
+                                "model.lora.enabled=true")
+        elif self.env.observation == "image":
+            problems.append(f"policy.type={self.policy.type!r} reads state vectors: use env.observation=state "
+                            "or policy.type=vla")
         choice("head.centering", self.head.centering, CENTERINGS)
         choice("credit.mode", self.credit.mode, CREDIT_MODES)
         choice("credit.ratio", self.credit.ratio, RATIOS)
@@ -254,6 +353,10 @@ class TrainConfig:
         choice("credit.surrogate", self.credit.surrogate, SURROGATES)
         choice("ppo.lr_schedule", self.ppo.lr_schedule, LR_SCHEDULES)
         choice("device", self.device, DEVICES)
+        if self.ppo.kl_coef < 0:
+            problems.append(f"ppo.kl_coef must be >= 0, got {self.ppo.kl_coef}")
+        if self.ppo.kl_coef > 0 and self.policy.type != "vla":
+            problems.append("ppo.kl_coef > 0 needs policy.type=vla (the reference is the VLA without its adapter)")
         if self.credit.mode in HEAD_MODES and not self.head.enabled:
             problems.append(
                 f"credit.mode={self.credit.mode!r} reads the structured advantage head but head.enabled=false; "

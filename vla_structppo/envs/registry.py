@@ -21,5 +21,6 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int):
     """A gymnasium vector env of ``num_envs`` copies of ``cfg.id``."""
     if cfg.id == "structured":
         return StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed, autoreset_mode=cfg.autoreset_mode,
-                                       spec_seed=cfg.task_seed)
+                                       spec_seed=cfg.task_seed, observation=cfg.observation,
+                                       image_size=cfg.image_size)
     raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENV_IDS)}")

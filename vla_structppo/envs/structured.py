@@ -18,6 +18,10 @@ observation); ``horizon>1`` is a sequential task whose credit must flow through 
 truncated at the horizon (time limit) or terminated on success (``terminate_on_success``).
 
 Observation: ``[e (D), steps_left / horizon]`` as float32 (the time feature keeps truncation Markov).
+In ``observation="image"`` mode (for a VLA) the same context is a dict ``{"image": uint8 [S, S, 3],
+"instruction": str}``: the picture has one vertical stripe per dim whose red level encodes ``e_i``
+(128 = on target) and a green level encoding the steps left; the instruction says what to do and how
+many steps remain, so prompts of one batch differ in length (as real instructions do).
 """
 
 from __future__ import annotations
@@ -80,14 +84,28 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
     """
 
     def __init__(self, spec: StructuredTaskSpec, num_envs: int, seed: int | None = None,
-                 autoreset_mode: str = "same_step", spec_seed: int = 0) -> None:
+                 autoreset_mode: str = "same_step", spec_seed: int = 0, observation: str = "state",
+                 image_size: int = 32) -> None:
         self.spec = spec
         self.num_envs = num_envs
         D, K = spec.action_dims, spec.num_bins
         self.single_action_space = gym.spaces.MultiDiscrete([K] * D)
         self.action_space = gym.spaces.MultiDiscrete(np.full((num_envs, D), K))
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D + 1,), np.float32)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, D + 1), np.float32)
+        if observation == "state":
+            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D + 1,), np.float32)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, D + 1), np.float32)
+        elif observation == "image":
+            if image_size < D:
+                raise ValueError(f"image_size={image_size} is too small for one stripe per dim (D={D})")
+            image = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+            text = gym.spaces.Text(max_length=256)
+            self.single_observation_space = gym.spaces.Dict({"image": image, "instruction": text})
+            self.observation_space = gym.spaces.Dict({
+                "image": gym.spaces.Box(0, 255, (num_envs, image_size, image_size, 3), np.uint8),
+                "instruction": gym.spaces.Tuple([text] * num_envs)})
+        else:
+            raise ValueError(f"observation must be 'state' or 'image', got {observation!r}")
+        self.observation_mode, self.image_size = observation, image_size
         mode = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}.get(autoreset_mode)
         if mode is None:
             raise ValueError(f"autoreset_mode must be 'same_step' or 'next_step', got {autoreset_mode!r}")
@@ -144,9 +162,32 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
             return self._goal_set[self._rng.integers(0, len(self._goal_set), size=n)]
         return self._draw_goals(self._rng, n)
 
-    def _obs(self) -> np.ndarray:
+    def _obs(self):
         left = (self.spec.horizon - self._t) / self.spec.horizon
+        if self.observation_mode == "image":
+            return {"image": self.render_context(self._err, left),
+                    "instruction": np.array([self.instruction(int(n)) for n in self.spec.horizon - self._t])}
         return np.concatenate([self._err, left[:, None]], axis=1).astype(np.float32)
+
+    @property
+    def error_scale(self) -> float:
+        """The largest ``|e_i|`` a goal can have (the image's full red range)."""
+        return max(self.spec.goal_reach * self.spec.horizon * self.spec.move, 1e-9)
+
+    def render_context(self, err: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """``[N, S, S, 3]`` uint8 pictures of errors ``err [N, D]`` and steps-left fractions ``left [N]``."""
+        S, D = self.image_size, self.spec.action_dims
+        red = np.clip(128.0 + 127.0 * err / self.error_scale, 0, 255)  # [N, D]
+        stripe = np.minimum(np.arange(S) * D // S, D - 1)  # column -> dim
+        img = np.zeros((len(err), S, S, 3), dtype=np.uint8)
+        img[..., 0] = np.rint(red[:, None, stripe]).astype(np.uint8)
+        img[..., 1] = np.rint(255.0 * np.clip(left, 0, 1))[:, None, None].astype(np.uint8)
+        return img
+
+    def instruction(self, steps_left: int) -> str:
+        if self.spec.horizon == 1:
+            return "move the point to the goal"
+        return f"move the point to the goal in {steps_left} steps"
 
     def _reset_envs(self, mask: np.ndarray) -> None:
         n = int(mask.sum())

@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["ActOutput", "EvalOutput", "Policy", "categorical_stats"]
+__all__ = ["ActOutput", "EvalOutput", "Policy", "StateInputsMixin", "categorical_stats", "select_batch"]
 
 
 @dataclass
@@ -42,6 +42,15 @@ class Policy(Protocol):
     num_bins: int
     feature_dim: int
 
+    def prepare(self, obs: Any) -> Any:
+        """Env observations (a batch) -> model inputs on the policy's device (a tensor or a dict of
+        batch-first tensors). Rollouts store these, so the update never re-runs the preprocessing."""
+        ...
+
+    def collate(self, batches: list[Any]) -> Any:
+        """Concatenate prepared inputs of several steps along the batch dim (padding as needed)."""
+        ...
+
     def act(self, obs: Any, *, deterministic: bool = False, temperature: float = 1.0) -> ActOutput: ...
 
     def evaluate(self, obs: Any, actions: torch.Tensor) -> EvalOutput: ...
@@ -59,3 +68,21 @@ def categorical_stats(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torc
     logp = logprobs.gather(-1, actions.long()[..., None]).squeeze(-1)
     entropy = -(probs * logprobs).sum(-1)
     return logp, entropy, probs
+
+
+def select_batch(inputs: Any, idx: torch.Tensor) -> Any:
+    """Rows ``idx`` of prepared inputs (a tensor or a dict of batch-first tensors)."""
+    if isinstance(inputs, dict):
+        return {k: v[idx] for k, v in inputs.items()}
+    return inputs[idx]
+
+
+class StateInputsMixin:
+    """``prepare`` / ``collate`` for policies on state vectors: float32 tensors on the policy's device."""
+
+    def prepare(self, obs: Any) -> torch.Tensor:
+        device = next(self.parameters()).device  # type: ignore[attr-defined]
+        return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
+    def collate(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(batches, dim=0)

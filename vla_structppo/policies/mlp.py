@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ActOutput, EvalOutput, categorical_stats
+from .base import ActOutput, EvalOutput, StateInputsMixin, categorical_stats
 
 __all__ = ["AutoregressiveMLPPolicy", "MLPPolicy"]
 
@@ -35,7 +35,7 @@ def _sample(logits: torch.Tensor, deterministic: bool, temperature: float) -> to
     return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
 
 
-class MLPPolicy(nn.Module):
+class MLPPolicy(StateInputsMixin, nn.Module):
     """``D`` independent categorical heads on a shared tanh MLP trunk: ``pi(a|s) = prod_i pi_i(a^i|s)``."""
 
     autoregressive = False
@@ -69,7 +69,7 @@ class MLPPolicy(nn.Module):
         return EvalOutput(logp, entropy, features, probs)
 
 
-class AutoregressiveMLPPolicy(nn.Module):
+class AutoregressiveMLPPolicy(StateInputsMixin, nn.Module):
     """``pi(a|s) = prod_i pi_i(a^i | s, a^{<i})``, the factorisation of a VLA's action tokens.
 
     Dim i reads ``c_i = tanh(h + sum_{j<i} E_j[a^j])`` (``E_j`` a learned embedding of dim j's bins)

@@ -7,6 +7,7 @@ per backward and synchronises every parameter's gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,11 +19,18 @@ from ..policies.mlp import AutoregressiveMLPPolicy, MLPPolicy
 
 __all__ = ["Agent", "AgentOutput", "build_policy"]
 
-POLICIES = {"mlp": MLPPolicy, "ar_mlp": AutoregressiveMLPPolicy}
+POLICIES: dict[str, Any] = {"mlp": MLPPolicy, "ar_mlp": AutoregressiveMLPPolicy, "vla": "policies.vla.VLAPolicy"}
+POLICY_FILE = "policy.safetensors"
 
 
-def build_policy(cfg: TrainConfig, obs_dim: int) -> nn.Module:
+def build_policy(cfg: TrainConfig, envs) -> nn.Module:
+    """The configured policy for ``envs`` (a VLA loads its checkpoint; the MLPs read the obs width)."""
+    if cfg.policy.type == "vla":
+        from ..policies.vla_loading import load_vla_policy
+
+        return load_vla_policy(cfg)
     cls = POLICIES[cfg.policy.type]
+    obs_dim = envs.single_observation_space.shape[0]
     return cls(obs_dim, cfg.env.action_dims, cfg.env.num_bins, cfg.policy.hidden_size, cfg.policy.num_layers)
 
 
@@ -44,18 +52,55 @@ class Agent(nn.Module):
         self.adv_head = adv_head
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, obs_dim: int) -> Agent:
-        policy = build_policy(cfg, obs_dim)
+    def from_config(cls, cfg: TrainConfig, envs) -> Agent:
+        policy = build_policy(cfg, envs)
         value = ValueHead(policy.feature_dim, cfg.policy.value_hidden_size)
         head = None
         if cfg.head.enabled:
             h = cfg.head
+            # a VLA's bins are vocabulary tokens: the head reads their (frozen) input embeddings
+            bins = policy.bin_embeddings() if hasattr(policy, "bin_embeddings") else None
             head = StructuredAdvantageHead(
                 policy.feature_dim, cfg.env.action_dims, cfg.env.num_bins, hidden_size=h.hidden_size,
                 bin_embed_dim=h.bin_embed_dim, rank=h.rank, pairwise=h.pairwise, centering=h.centering,
-                stop_gradient=h.stop_gradient,
+                stop_gradient=h.stop_gradient, bin_embeddings=bins,
             )
         return cls(policy, value, head)
+
+    # -- the policy's part of a checkpoint ---------------------------------------------------------
+    @property
+    def is_vla(self) -> bool:
+        return hasattr(self.policy, "save_pretrained")
+
+    def policy_files(self) -> list[str]:
+        if self.is_vla:
+            from ..policies.vla_loading import policy_files
+
+            return policy_files(Path("."), lora=hasattr(self.policy.model, "peft_config"))
+        return [POLICY_FILE]
+
+    def save_policy(self, directory: Path) -> None:
+        """Adapter + processor + action tokenizer for a VLA; one safetensors file for the small policies."""
+        if self.is_vla:
+            self.policy.save_pretrained(directory)
+        else:
+            from .checkpoint import save_module
+
+            save_module(self.policy, directory / POLICY_FILE)
+
+    def load_policy(self, directory: Path) -> None:
+        if self.is_vla:
+            from ..policies.vla_loading import load_policy_weights
+
+            load_policy_weights(self.policy, directory)
+        else:
+            from .checkpoint import load_module
+
+            load_module(self.policy, directory / POLICY_FILE)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Policy (adapter) + value head parameters that train; the structured head has its own group."""
+        return [p for p in [*self.policy.parameters(), *self.value_head.parameters()] if p.requires_grad]
 
     @property
     def autoregressive(self) -> bool:

@@ -1,6 +1,7 @@
 """Atomic, strictly loaded checkpoints (ARCHITECTURE.md run directory).
 
-``checkpoints/<update>/`` holds ``policy.safetensors``, ``value_head.safetensors``,
+``checkpoints/<update>/`` holds the policy (``policy.safetensors``; for a VLA the peft adapter,
+processor and ``action_tokenizer.json``), ``value_head.safetensors``,
 ``advantage_head.safetensors`` (when the head exists), ``trainer_state.pt`` (optimizer, update,
 counters), ``rank_<r>.pt`` (per-process RNG, env and rollout state) and ``config.yaml``. It is
 written under a temporary name and renamed, so a crash never leaves a half checkpoint;
@@ -19,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 __all__ = ["CheckpointError", "find_checkpoint", "list_checkpoints", "load_module", "required_files", "save_module"]
 
-MODULE_FILES = {"policy": "policy.safetensors", "value_head": "value_head.safetensors",
-                "adv_head": "advantage_head.safetensors"}
+# the heads: each in its own file (the policy's files are the agent's business: adapter or weights)
+MODULE_FILES = {"value_head": "value_head.safetensors", "adv_head": "advantage_head.safetensors"}
 
 
 class CheckpointError(FileNotFoundError):
@@ -41,8 +42,8 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
 
 
-def required_files(has_head: bool, world_size: int) -> list[str]:
-    files = ["policy.safetensors", "value_head.safetensors", "trainer_state.pt", "config.yaml"]
+def required_files(policy_files: list[str], has_head: bool, world_size: int) -> list[str]:
+    files = [*policy_files, "value_head.safetensors", "trainer_state.pt", "config.yaml"]
     files += [f"rank_{r}.pt" for r in range(world_size)]
     if has_head:
         files.append("advantage_head.safetensors")
@@ -110,3 +111,11 @@ def torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file missing: {path}")
     return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def check_init_from(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"init_from={str(p)!r} is not a directory (give a checkpoint dir, e.g. "
+                              "runs/<name>/checkpoints/last)")
+    return p

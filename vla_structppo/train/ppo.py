@@ -33,6 +33,7 @@ from ..algo import (
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import credit_summary, explained_variance, plot_credit
 from ..envs import make_env
+from ..policies.base import select_batch
 from . import checkpoint as ckpt
 from .agent import Agent
 from .rollout import Rollout, RolloutState, collect_rollout
@@ -72,8 +73,7 @@ def _make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
-    groups = [{"params": [*agent.policy.parameters(), *agent.value_head.parameters()],
-               "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate}]
+    groups = [{"params": agent.trainable_parameters(), "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate}]
     if agent.adv_head is not None:
         groups.append({"params": list(agent.adv_head.parameters()), "lr": cfg.ppo.head_learning_rate,
                        "base_lr": cfg.ppo.head_learning_rate})
@@ -109,6 +109,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.env.num_envs % world:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
+    if cfg.policy.type == "vla":  # every VLA file checked before any weights load
+        from ..policies.vla_loading import preflight
+
+        preflight(cfg)
+    if cfg.init_from:
+        ckpt.check_init_from(cfg.init_from)
     run_dir, device = cfg.run_dir, accelerator.device
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,13 +124,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     set_seed(cfg.seed)  # identical initial weights on every process
     env_seed = cfg.seed * 1_000_003 + rank
     envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
-    agent = Agent.from_config(cfg, envs.single_observation_space.shape[0])
+    agent = Agent.from_config(cfg, envs)
+    if cfg.init_from:
+        _init_from(agent, cfg.init_from)
     optimizer = torch.optim.Adam(_param_groups(agent, cfg), eps=1e-5)
     agent, optimizer = accelerator.prepare(agent, optimizer)
     core: Agent = accelerator.unwrap_model(agent)
     set_seed(cfg.seed + rank)  # each process samples its own actions and minibatches
     obs, _ = envs.reset(seed=env_seed)
-    state = RolloutState(np.asarray(obs), np.zeros(envs.num_envs, bool))
+    state = RolloutState(obs if isinstance(obs, dict) else np.asarray(obs), np.zeros(envs.num_envs, bool))
+    temperature = cfg.model.rollout_temperature if cfg.policy.type == "vla" else 1.0
     counters = {"update": 0, "global_step": 0, "nan_streak": 0}
     if cfg.resume:
         counters = _load_checkpoint(cfg.resume, accelerator, core, optimizer, envs, state)
@@ -141,7 +150,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         # 1. rollout (no grad), 2. GAE with termination / truncation / autoreset kept apart
         agent.eval()
-        rollout = collect_rollout(core, envs, state, cfg.ppo.num_steps, device)
+        rollout = collect_rollout(core, envs, state, cfg.ppo.num_steps, device, temperature=temperature)
         agent.train()
         counters["global_step"] += cfg.batch_size
         t_rollout = time.perf_counter()
@@ -233,7 +242,7 @@ def _flatten(rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) 
         return x.reshape(-1, *x.shape[2:])
 
     return {
-        "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
+        "obs": rollout.obs, "actions": flat(rollout.actions), "logp": flat(rollout.logp),
         "bin_probs": flat(rollout.bin_probs), "features": flat(rollout.features), "values": flat(rollout.values),
         "advantages": flat(advantages), "returns": flat(returns), "valid": flat(rollout.valid),
     }
@@ -337,7 +346,7 @@ def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: 
     """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7)."""
     p = cfg.ppo
     mask = batch["valid"][idx]
-    out = agent(batch["obs"][idx], batch["actions"][idx], batch["bin_probs"][idx])
+    out = agent(select_batch(batch["obs"], idx), batch["actions"][idx], batch["bin_probs"][idx])
     pg_loss, m = ppo_policy_loss(out.logp, batch["logp"][idx], batch["credit"][idx], p.clip_coef,
                                  ratio=cfg.credit.ratio, mask=mask)
     v_loss = value_loss(out.value, batch["returns"][idx], batch["values"][idx],
@@ -346,6 +355,14 @@ def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: 
     entropy = (out.entropy.sum(-1) * w).sum()  # joint entropy (sum of per-dim / conditional entropies)
     loss = pg_loss + p.vf_coef * v_loss - p.ent_coef * entropy
     metrics = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(), **m}
+    if p.kl_coef > 0:  # k3 estimate of KL(pi || pi_ref), pi_ref = the VLA with its adapter disabled
+        core = getattr(agent, "module", agent)
+        with torch.no_grad(), core.policy.reference():
+            ref = core.policy.evaluate(select_batch(batch["obs"], idx), batch["actions"][idx])
+        log_ratio = ref.logp.sum(-1) - out.logp.sum(-1)
+        kl = ((log_ratio.exp() - log_ratio - 1.0) * w).sum()
+        loss = loss + p.kl_coef * kl
+        metrics["kl_ref"] = kl.detach()
     if out.head is not None:
         h_loss, hm = head_loss(out.head, batch["advantages"][idx], lambda_pair=p.lambda_pair,
                                lambda_1=p.lambda_1, lambda_2=p.lambda_2, mask=mask)
@@ -443,6 +460,7 @@ def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: Trai
     torch.save(rank_state, tmp / f"rank_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        core.save_policy(tmp)
         for attr, fname in ckpt.MODULE_FILES.items():
             module = getattr(core, attr)
             if module is not None:
@@ -457,12 +475,14 @@ def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: Trai
 
 def _load_checkpoint(path: str, accelerator: Accelerator, core: Agent, optimizer, envs, state: RolloutState) -> dict:
     where = ckpt.find_checkpoint(path)
-    missing = [f for f in ckpt.required_files(core.adv_head is not None, accelerator.num_processes)
+    missing = [f for f in ckpt.required_files(core.policy_files(), core.adv_head is not None,
+                                              accelerator.num_processes)
                if not (where / f).is_file()]
     if missing:
         raise ckpt.CheckpointError(
             f"checkpoint {where} is incomplete: missing {missing}. It was written by a run with another "
             "number of processes or head setting, or it is damaged; resume from another checkpoint.")
+    core.load_policy(where)
     for attr, fname in ckpt.MODULE_FILES.items():
         module = getattr(core, attr)
         if module is not None:
@@ -479,6 +499,18 @@ def _load_checkpoint(path: str, accelerator: Accelerator, core: Agent, optimizer
     restored = RolloutState.from_state_dict(rank_state["rollout"])
     state.obs, state.resetting = np.asarray(restored.obs), np.asarray(restored.resetting).astype(bool)
     return dict(trainer_state["counters"])
+
+
+def _init_from(agent: Agent, path: str) -> None:
+    """Start from another run's weights: the policy (a VLA's adapter was loaded with the model) and any
+    head files present there (an SFT checkpoint has none; those heads start fresh)."""
+    where = Path(path)
+    if not agent.is_vla:
+        agent.load_policy(where)
+    for attr, fname in ckpt.MODULE_FILES.items():
+        module = getattr(agent, attr)
+        if module is not None and (where / fname).is_file():
+            ckpt.load_module(module, where / fname)
 
 
 def _as_tuple(x):

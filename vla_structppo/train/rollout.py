@@ -23,15 +23,31 @@ class RolloutState:
     """What carries over between rollouts (and into checkpoints): the current observation and, for
     next-step autoreset envs, which envs' next ``step()`` is only a reset."""
 
-    obs: np.ndarray
+    obs: Any  # an array, or a dict of arrays (image observations: image + instruction strings)
     resetting: np.ndarray
 
     def state_dict(self) -> dict[str, Any]:
-        return {"obs": self.obs.copy(), "resetting": self.resetting.copy()}
+        # strings travel as lists: checkpoints are read back with torch.load(weights_only=True)
+        return {"obs": _map_obs(self.obs, lambda v: v.tolist() if v.dtype.kind in "USO" else v.copy()),
+                "resetting": self.resetting.copy()}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> RolloutState:
-        return cls(np.asarray(d["obs"]).copy(), np.asarray(d["resetting"]).copy())
+        obs = _map_obs(d["obs"], lambda v: v.copy())
+        return cls(obs, np.asarray(d["resetting"]).copy())
+
+
+def _map_obs(obs: Any, fn) -> Any:
+    if isinstance(obs, dict):
+        return {k: fn(np.asarray(v)) for k, v in obs.items()}
+    return fn(np.asarray(obs))
+
+
+def take_obs(obs: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a batched observation (an array or a dict of arrays)."""
+    if isinstance(obs, dict):
+        return {k: np.asarray(v)[idx] for k, v in obs.items()}
+    return np.asarray(obs)[idx]
 
 
 @dataclass
@@ -46,7 +62,7 @@ class EpisodeStats:
 class Rollout:
     """``[T, N, ...]`` tensors of one rollout (T steps of N local envs)."""
 
-    obs: torch.Tensor
+    obs: Any  # prepared policy inputs of all T*N samples, flat (t-major), see Policy.prepare / collate
     actions: torch.Tensor  # [T, N, D]
     logp: torch.Tensor  # [T, N, D]
     bin_probs: torch.Tensor  # [T, N, D, K]
@@ -67,23 +83,28 @@ def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -
     out = torch.zeros(len(truncated), device=device)
     if truncated.any() and "final_obs" in info:
         idx = np.nonzero(truncated)[0]
-        final = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
-        feats = agent.policy.encode(torch.as_tensor(final, device=device))
+        feats = agent.policy.encode(agent.policy.prepare(take_obs(info["final_obs"], idx)))
         out[torch.as_tensor(idx, device=device)] = agent.value_head(feats).float()
     return out
 
 
 @torch.no_grad()
-def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device) -> Rollout:
-    """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place."""
+def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device,
+                    temperature: float = 1.0) -> Rollout:
+    """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place.
+
+    ``temperature`` only changes which actions are sampled; the recorded log-probs are those of the
+    untempered policy, which the update recomputes (a tempered behaviour policy is a known, small
+    off-policyness the clipped ratio absorbs)."""
     next_step = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
     T, N = num_steps, envs.num_envs
     buf: dict[str, list] = {k: [] for k in ("obs", "actions", "logp", "bin_probs", "features", "values", "rewards",
                                              "terminated", "truncated", "valid", "final_values", "reward_per_dim")}
     episodes = EpisodeStats()
+    policy = agent.policy
     for _ in range(T):
-        obs_t = torch.as_tensor(state.obs, device=device)
-        out = agent.policy.act(obs_t)
+        obs_t = policy.prepare(state.obs)
+        out = policy.act(obs_t, temperature=temperature)
         value = agent.value_head(out.features).float()
         next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
@@ -104,17 +125,17 @@ def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, dev
         if "reward_per_dim" in info:
             buf["reward_per_dim"].append(torch.as_tensor(info["reward_per_dim"], dtype=torch.float32, device=device))
         _record_episodes(info, episodes)
-        state.obs = np.asarray(next_obs)
+        state.obs = next_obs if isinstance(next_obs, dict) else np.asarray(next_obs)
         state.resetting = terminated | truncated if next_step else np.zeros(N, bool)
 
-    next_value = agent.value_head(agent.policy.encode(torch.as_tensor(state.obs, device=device))).float()
+    next_value = agent.value_head(policy.encode(policy.prepare(state.obs))).float()
     values = torch.stack(buf["values"])
     final_values = torch.stack(buf["final_values"])
     if next_step:
         following = torch.cat([values[1:], next_value[None]], dim=0)  # V(obs_{t+1}) = V(final obs)
         final_values = following
     return Rollout(
-        obs=torch.stack(buf["obs"]),
+        obs=policy.collate(buf["obs"]),
         actions=torch.stack(buf["actions"]),
         logp=torch.stack(buf["logp"]),
         bin_probs=torch.stack(buf["bin_probs"]),

@@ -1,0 +1,213 @@
+"""Continuous actions <-> per-dim bins <-> vocabulary token ids (RT-2 / OpenVLA style).
+
+Each action dim ``i`` is normalised to ``[-1, 1]`` by its bounds ``[low_i, high_i]`` (the q01 / q99
+of a demonstration dataset, as OpenVLA does, or an environment's action bounds) and clipped; the
+K bins of a dim are K evenly spaced points spanning ``[-1, 1]`` *including both ends*, and a value
+goes to its nearest point. So ``decode(encode(x)) = x`` for every bin value, the ends of the range are
+reachable, an odd K has an exact zero, and the quantisation error is at most ``1 / (K - 1)`` of the
+half-range. (OpenVLA instead uses K uniform edges and decodes to 255 centres, so its top bin is never
+decoded exactly; a checkpoint converted from it keeps its own ids but re-bins to this grid.)
+
+Bin ``k`` of every dim is the same vocabulary token ``token_ids[k]``: either the last K ids of the
+vocabulary (OpenVLA reuses the least-used ones; nothing to resize) or K added ``<act_k>`` tokens.
+The tokenizer is saved to / loaded from JSON strictly: unknown or missing keys, wrong lengths, bins
+that are not distinct or out of range all fail with the file named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ACTION_TOKEN_MODES", "ActionTokenizer", "ActionTokenizerError", "FILE_NAME", "quantile_bounds"]
+
+FILE_NAME = "action_tokenizer.json"
+ACTION_TOKEN_MODES = ("last_k", "add")
+_FORMAT_VERSION = 1
+
+
+class ActionTokenizerError(ValueError):
+    """A tokenizer that cannot hold the bins, or an action tokenizer file that is malformed."""
+
+
+def quantile_bounds(actions: np.ndarray, low_q: float = 0.01, high_q: float = 0.99) -> tuple[list[float], list[float]]:
+    """Per-dim ``(q01, q99)`` of ``actions [N, D]`` (robust to the outliers teleoperation leaves)."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim != 2 or len(a) == 0:
+        raise ActionTokenizerError(f"need actions of shape [N, D] with N > 0, got {a.shape}")
+    low, high = np.quantile(a, low_q, axis=0), np.quantile(a, high_q, axis=0)
+    # a constant dim (e.g. a gripper always open in the demos) would divide by zero
+    same = high - low < 1e-8
+    low, high = np.where(same, low - 1.0, low), np.where(same, high + 1.0, high)
+    return low.tolist(), high.tolist()
+
+
+@dataclass
+class ActionTokenizer:
+    """``D`` dims x ``K`` bins, bin ``k`` <-> vocabulary id ``token_ids[k]``, per-dim bounds ``low/high``."""
+
+    action_dims: int
+    num_bins: int
+    token_ids: list[int]
+    low: list[float]
+    high: list[float]
+    mode: str = "last_k"
+    token_strings: list[str] | None = None  # the ``<act_k>`` strings in "add" mode
+
+    def __post_init__(self) -> None:
+        D, K = self.action_dims, self.num_bins
+        problems = []
+        if D < 1 or K < 2:
+            problems.append(f"need action_dims >= 1 and num_bins >= 2, got {D} and {K}")
+        if self.mode not in ACTION_TOKEN_MODES:
+            problems.append(f"mode {self.mode!r} is not one of {list(ACTION_TOKEN_MODES)}")
+        if len(self.token_ids) != K:
+            problems.append(f"{len(self.token_ids)} token ids for {K} bins")
+        elif len(set(self.token_ids)) != K or min(self.token_ids) < 0:
+            problems.append("token ids must be K distinct non-negative ids")
+        if len(self.low) != D or len(self.high) != D:
+            problems.append(f"bounds have {len(self.low)} / {len(self.high)} entries for {D} dims")
+        elif any(not (math.isfinite(lo) and math.isfinite(hi) and hi > lo) for lo, hi in zip(self.low, self.high)):
+            problems.append("every dim needs finite bounds with high > low")
+        if problems:
+            raise ActionTokenizerError("invalid action tokenizer: " + "; ".join(problems))
+        self.token_ids = [int(t) for t in self.token_ids]
+        self.low = [float(x) for x in self.low]
+        self.high = [float(x) for x in self.high]
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def last_k(cls, vocab_size: int, action_dims: int, num_bins: int, low: Sequence[float], high: Sequence[float],
+               *, reserved_ids: Sequence[int] = ()) -> ActionTokenizer:
+        """Reuse the last ``num_bins`` ids of a ``vocab_size`` vocabulary (OpenVLA's choice).
+
+        ``reserved_ids`` (pad, bos, eos, image tokens ...) must not be among them: a bin that is also
+        the image token would corrupt every prompt.
+        """
+        if vocab_size < num_bins + 1:
+            raise ActionTokenizerError(
+                f"the vocabulary has {vocab_size} tokens and cannot hold {num_bins} action bins plus the "
+                "prompt's tokens; use model.action_tokens=add (adds <act_k> tokens and resizes the embeddings) "
+                "or fewer bins")
+        ids = list(range(vocab_size - num_bins, vocab_size))
+        clash = sorted(set(ids) & {int(r) for r in reserved_ids})
+        if clash:
+            raise ActionTokenizerError(
+                f"the last {num_bins} vocabulary ids include special tokens {clash[:8]} (pad / bos / eos / image "
+                "tokens), so they cannot be reused as action bins; use model.action_tokens=add")
+        return cls(action_dims, num_bins, ids, list(low), list(high), mode="last_k")
+
+    @classmethod
+    def added(cls, token_ids: Sequence[int], token_strings: Sequence[str], action_dims: int,
+              low: Sequence[float], high: Sequence[float]) -> ActionTokenizer:
+        return cls(action_dims, len(token_ids), list(token_ids), list(low), list(high), mode="add",
+                   token_strings=list(token_strings))
+
+    @staticmethod
+    def added_token_strings(num_bins: int) -> list[str]:
+        return [f"<act_{k}>" for k in range(num_bins)]
+
+    # -- mapping ----------------------------------------------------------------------------------
+    @property
+    def bin_values(self) -> np.ndarray:
+        """The K normalised bin values in ``[-1, 1]`` (both ends included)."""
+        return np.linspace(-1.0, 1.0, self.num_bins)
+
+    def normalize(self, actions: np.ndarray) -> np.ndarray:
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        return np.clip(2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0, -1.0, 1.0)
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous ``actions [..., D]`` -> bins ``[..., D]`` (int64); out-of-bounds values clip."""
+        a = np.asarray(actions, np.float64)
+        if a.shape[-1] != self.action_dims:
+            raise ActionTokenizerError(f"actions have {a.shape[-1]} dims, the action tokenizer {self.action_dims}")
+        x = self.normalize(a)
+        return np.rint((x + 1.0) * 0.5 * (self.num_bins - 1)).astype(np.int64)
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """Bins ``[..., D]`` -> continuous actions ``[..., D]`` (the bin values, un-normalised)."""
+        b = np.asarray(bins, np.int64)
+        if b.size and (b.min() < 0 or b.max() >= self.num_bins):
+            raise ActionTokenizerError(f"bins must lie in 0..{self.num_bins - 1}")
+        x = self.bin_values[b]
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        return low + (x + 1.0) * 0.5 * (high - low)
+
+    def bins_to_tokens(self, bins):
+        """Bins -> token ids (numpy or torch, any shape)."""
+        table = self._table(bins)
+        return table[bins]
+
+    def tokens_to_bins(self, token_ids):
+        """Token ids -> bins; an id that is no bin token raises (the policy never emits one)."""
+        import torch
+
+        ids = torch.as_tensor(token_ids)
+        lookup = torch.full((max(self.token_ids) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.token_ids)] = torch.arange(self.num_bins)
+        ok = (ids >= 0) & (ids < len(lookup))
+        bins = torch.where(ok, lookup[ids.clamp(0, len(lookup) - 1)], torch.full_like(ids, -1))
+        if (bins < 0).any():
+            bad = ids[bins < 0][:5].tolist()
+            raise ActionTokenizerError(f"token ids {bad} are not action-bin tokens")
+        return bins if isinstance(token_ids, torch.Tensor) else bins.numpy()
+
+    def _table(self, like):
+        import torch
+
+        if isinstance(like, torch.Tensor):
+            return torch.tensor(self.token_ids, dtype=torch.long, device=like.device)
+        return np.asarray(self.token_ids, dtype=np.int64)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format_version": _FORMAT_VERSION, **asdict(self)}
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / FILE_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActionTokenizer:
+        """From a checkpoint dir or the JSON file itself; strict about keys and values."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / FILE_NAME
+        if not p.is_file():
+            raise ActionTokenizerError(
+                f"no action tokenizer at {p}; a VLA checkpoint holds {FILE_NAME} (write one with "
+                "scripts/make_tiny_vla.py, `vla-structppo sft`, or ActionTokenizer.save)")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            raise ActionTokenizerError(f"{p}: not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ActionTokenizerError(f"{p}: expected a JSON object")
+        expected = {"format_version", "action_dims", "num_bins", "token_ids", "low", "high", "mode", "token_strings"}
+        unknown, missing = set(data) - expected, expected - set(data) - {"token_strings"}
+        if unknown or missing:
+            raise ActionTokenizerError(f"{p}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        if data["format_version"] != _FORMAT_VERSION:
+            raise ActionTokenizerError(f"{p}: format_version {data['format_version']} (this version reads "
+                                       f"{_FORMAT_VERSION})")
+        for key, typ in (("action_dims", int), ("num_bins", int), ("mode", str)):
+            if not isinstance(data[key], typ) or isinstance(data[key], bool):
+                raise ActionTokenizerError(f"{p}: {key} must be {typ.__name__}, got {data[key]!r}")
+        for key in ("token_ids", "low", "high"):
+            if not isinstance(data[key], list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in data[key]):
+                raise ActionTokenizerError(f"{p}: {key} must be a list of numbers")
+        if any(not isinstance(t, int) for t in data["token_ids"]):
+            raise ActionTokenizerError(f"{p}: token_ids must be integers")
+        data.pop("format_version")
+        try:
+            return cls(**data)
+        except ActionTokenizerError as err:
+            raise ActionTokenizerError(f"{p}: {err}") from None

@@ -1,0 +1,421 @@
+"""Tiny, random-weight but *real* vision-language models, built offline from their config classes.
+
+Why: the VLA policy code must be exercised against the real Hugging Face architectures (their processors,
+image-token expansion, KV caches, module names for LoRA) without network access and in seconds on a CPU.
+Every model here is the class ``AutoModelForImageTextToText`` maps its config to, paired with the arch's
+real processor class, so ``save_pretrained`` / ``from_pretrained`` go through the normal code paths.
+
+Tokenizers do not exist on disk either, so one is trained in-process (a byte-level BPE on a fixed corpus of
+robot instructions, hence deterministic) and padded with filler tokens so that the vocabulary has exactly
+``vocab_size`` entries and the last 256 ids are fillers -- the ids an action tokenizer reuses as bins, as
+OpenVLA reuses the last 256 Llama ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+)
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import is_torchvision_available
+
+TINY_ARCHS: tuple[str, ...] = ("paligemma", "paligemma2", "qwen2_5_vl", "smolvlm", "llava")
+
+#: Number of filler ids at the end of the vocabulary reserved for action bins.
+NUM_ACTION_FILLERS = 256
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+
+# PaliGemma's processor unconditionally calls ``tokenizer.add_tokens`` with these 1152 location /
+# segmentation tokens. They must already be in the vocabulary (``add_tokens`` skips known tokens), or every
+# processor construction -- including ``from_pretrained`` -- would grow the vocab past the model's.
+_PALIGEMMA_EXTRA = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+
+# Idefics3 (SmolVLM) looks these up by name; missing ones would silently map to ``<unk>``.
+_IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+    f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)
+]
+
+_ARCH_SPECIALS: dict[str, list[str]] = {
+    "paligemma": ["<image>"],
+    "paligemma2": ["<image>"],
+    "qwen2_5_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    "smolvlm": _IDEFICS3_SPECIALS,
+    "llava": ["<image>"],
+}
+
+#: The token the model config's ``image_token_id`` must point at.
+_IMAGE_TOKEN: dict[str, str] = {
+    "paligemma": "<image>",
+    "paligemma2": "<image>",
+    "qwen2_5_vl": "<|image_pad|>",
+    "smolvlm": "<image>",
+    "llava": "<image>",
+}
+
+_CORPUS: tuple[str, ...] = (
+    "In: What action should the robot take to pick up the red block?\nOut:",
+    "In: What action should the robot take to move the arm to the goal?\nOut:",
+    "In: What action should the robot take to push the blue cube to the left?\nOut:",
+    "In: What action should the robot take to open the drawer?\nOut:",
+    "In: What action should the robot take to close the door?\nOut:",
+    "In: What action should the robot take to reach the green target?\nOut:",
+    "pick up the red block",
+    "move the arm to the goal",
+    "put the yellow ball in the bowl",
+    "turn on the faucet and press the button",
+    "slide the plate to the right of the table",
+    "place the object on top of the box",
+    "grasp the handle, lift it up and put it down",
+    "reach goal position x y z with the gripper open or closed",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 100 255 -1 0.5 1.0",
+    "Answer briefly. What is in the image? A robot arm, a table, a cup.",
+    "User: Assistant: <end_of_utterance> system user assistant",
+)
+
+
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without the video processor.
+
+    Why: the stock processor requires a video processor, and every video processor needs torchvision, which
+    cannot be installed beside the CPU torch here. A VLA only sees images, and image handling (patching,
+    ``image_grid_thw``, ``<|image_pad|>`` expansion, ``mm_token_type_ids``) is inherited unchanged. The
+    sub-processors are read off ``__init__``'s signature, so dropping the argument drops the video part from
+    construction, ``save_pretrained`` and ``from_pretrained``.
+    """
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ):
+        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
+        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+# ``AutoProcessor.from_pretrained`` resolves ``processor_class`` through registered classes. Only claim the
+# Qwen2.5-VL config where the stock processor cannot load anyway (no torchvision).
+if not is_torchvision_available():
+    AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+
+
+def default_vocab_size(arch: str) -> int:
+    """Smallest round vocabulary that fits the arch: PaliGemma needs room for its 1152 loc/seg tokens."""
+    _check_arch(arch)
+    return 2048 if arch.startswith("paligemma") else 1024
+
+
+def build_tokenizer(vocab_size: int | None = None, arch: str = "llava") -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE whose ``len()`` is exactly ``vocab_size``.
+
+    Layout: ``<pad> <bos> <eos> <unk>``, the arch's image/special tokens, the 256 byte symbols, learned
+    merges, (PaliGemma: the 1152 loc/seg tokens), then ``<unused_0> ...`` fillers up to ``vocab_size``; at
+    least the last :data:`NUM_ACTION_FILLERS` ids are fillers. Left padding is set because batched decoding
+    needs each prompt's last token at the end of the row; it is saved in the tokenizer config.
+    """
+    _check_arch(arch)
+    if vocab_size is None:
+        vocab_size = default_vocab_size(arch)
+    specials = [PAD, BOS, EOS, UNK] + _ARCH_SPECIALS[arch]
+    extra = _PALIGEMMA_EXTRA if arch.startswith("paligemma") else []
+    bpe_budget = vocab_size - NUM_ACTION_FILLERS - len(extra)
+    min_needed = len(specials) + 256 + 16
+    if bpe_budget < min_needed:
+        raise ValueError(
+            f"vocab_size={vocab_size} too small for {arch}: need at least "
+            f"{min_needed + len(extra) + NUM_ACTION_FILLERS}"
+        )
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_budget,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(_CORPUS), trainer=trainer)
+    if extra:
+        tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in extra])
+    n_fill = vocab_size - tok.get_vocab_size(with_added_tokens=True)
+    tok.add_tokens([AddedToken(f"<unused_{i}>", normalized=False, special=False) for i in range(n_fill)])
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",
+    )
+    if len(fast) != vocab_size:  # pragma: no cover - guards the layout invariant
+        raise RuntimeError(f"tokenizer has {len(fast)} tokens, wanted {vocab_size}")
+    return fast
+
+
+def _text_kwargs(
+    tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, vocab_size: int
+) -> dict[str, Any]:
+    """Shared decoder sizes: 2 heads of 32 dims, 1 KV head (GQA path exercised), ids tied to the tokenizer."""
+    heads = 2
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 1,
+        "head_dim": hidden // heads,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _siglip_vision(
+    hidden: int, layers: int, image_size: int, patch: int, projection_dim: int
+) -> dict[str, Any]:
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch,
+        "projection_dim": projection_dim,
+    }
+
+
+def _build(
+    arch: str,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    text_hidden: int,
+    text_layers: int,
+    vision_hidden: int,
+    vision_layers: int,
+    image_size: int,
+    patch_size: int,
+    vocab_size: int,
+) -> tuple[Any, ProcessorMixin]:
+    """Config + processor for one arch; image geometry is shared so the token counts agree."""
+    from transformers import (
+        Gemma2Config,
+        GemmaConfig,
+        Idefics3Config,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaProcessor,
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        Qwen2VLImageProcessorPil,
+        SiglipImageProcessorPil,
+    )
+
+    text = _text_kwargs(tokenizer, text_hidden, text_layers, vocab_size)
+    image_id = tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN[arch])
+    n_patches = (image_size // patch_size) ** 2
+    siglip_ip_kwargs: dict[str, Any] = {"size": {"height": image_size, "width": image_size}}
+
+    if arch in ("paligemma", "paligemma2"):
+        text_cfg: Any
+        if arch == "paligemma":
+            text_cfg = GemmaConfig(**text)
+        else:
+            text_cfg = Gemma2Config(**text, query_pre_attn_scalar=text_hidden // 2, sliding_window=64)
+        config = PaliGemmaConfig(
+            vision_config=_siglip_vision(vision_hidden, vision_layers, image_size, patch_size, text_hidden),
+            text_config=text_cfg,
+            image_token_id=image_id,
+            projection_dim=text_hidden,
+            hidden_size=text_hidden,
+            vocab_size=vocab_size,
+        )
+        # The processor reads ``image_seq_length`` off the image processor; it is saved with it.
+        image_processor = SiglipImageProcessorPil(**siglip_ip_kwargs, image_seq_length=n_patches)
+        processor: ProcessorMixin = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    elif arch == "qwen2_5_vl":
+        merge = 2
+        config = Qwen2_5_VLConfig(
+            text_config={
+                **{k: v for k, v in text.items() if k != "head_dim"},
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "mrope_section": [4, 6, 6],
+                },
+            },
+            vision_config={
+                "depth": vision_layers,
+                "hidden_size": vision_hidden,
+                "intermediate_size": 2 * vision_hidden,
+                "num_heads": 2,
+                "patch_size": patch_size,
+                "spatial_merge_size": merge,
+                "temporal_patch_size": 2,
+                "window_size": patch_size * merge * 2,
+                "out_hidden_size": text_hidden,
+                "fullatt_block_indexes": [vision_layers - 1],
+            },
+            image_token_id=image_id,
+            video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+            vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+            vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        )
+        pixels = image_size * image_size
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=patch_size,
+            merge_size=merge,
+            temporal_patch_size=2,
+            min_pixels=pixels,
+            max_pixels=pixels,
+            size={"shortest_edge": pixels, "longest_edge": pixels},
+        )
+        processor = Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    elif arch == "smolvlm":
+        scale = 2
+        config = Idefics3Config(
+            vision_config={
+                "hidden_size": vision_hidden,
+                "intermediate_size": 2 * vision_hidden,
+                "num_hidden_layers": vision_layers,
+                "num_attention_heads": 2,
+                "image_size": image_size,
+                "patch_size": patch_size,
+            },
+            text_config=LlamaConfig(**text),
+            image_token_id=image_id,
+            scale_factor=scale,
+        )
+        # One global image per frame (no tiling): few image tokens, fixed count.
+        image_processor = Idefics3ImageProcessorPil(
+            do_image_splitting=False,
+            size={"longest_edge": image_size},
+            max_image_size={"longest_edge": image_size},
+        )
+        processor = Idefics3Processor(
+            image_processor=image_processor, tokenizer=tokenizer, image_seq_len=n_patches // scale**2
+        )
+    else:  # llava
+        config = LlavaConfig(
+            vision_config=_siglip_vision(vision_hidden, vision_layers, image_size, patch_size, text_hidden),
+            text_config=LlamaConfig(**text),
+            image_token_id=image_id,
+            # SigLIP has no CLS token: keep every patch, and tell the processor there is no extra one.
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        image_processor = SiglipImageProcessorPil(**siglip_ip_kwargs)
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+        )
+    return config, processor
+
+
+def build_tiny_vla(
+    arch: str,
+    seed: int = 0,
+    *,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    vision_hidden: int = 64,
+    vision_layers: int = 2,
+    vocab_size: int | None = None,
+    image_size: int = 32,
+    patch_size: int = 8,
+    output_std: float = 0.25,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Build ``(model, processor)`` for ``arch`` with seeded random weights (float32, eval mode).
+
+    ``vocab_size`` defaults to :func:`default_vocab_size` (1024; 2048 for PaliGemma, whose processor
+    insists on 1152 extra tokens). ``len(processor.tokenizer) == model vocab == vocab_size``.
+
+    ``output_std``: the output-embedding rows are redrawn with this std. A pretrained model's output layer
+    separates tokens by several nats; with the usual 0.02 init (logit std ~0.16 after the final norm) and
+    the output layer frozen under LoRA, no token could ever get more than a few percent of the mass, so
+    neither SFT nor PPO could make a tiny model decisive.
+    """
+    _check_arch(arch)
+    if vocab_size is None:
+        vocab_size = default_vocab_size(arch)
+    tokenizer = build_tokenizer(vocab_size, arch)
+    config, processor = _build(
+        arch,
+        tokenizer,
+        text_hidden=text_hidden,
+        text_layers=text_layers,
+        vision_hidden=vision_hidden,
+        vision_layers=vision_layers,
+        image_size=image_size,
+        patch_size=patch_size,
+        vocab_size=vocab_size,
+    )
+    if len(processor.tokenizer) != vocab_size:  # pragma: no cover - a processor added tokens
+        raise RuntimeError(
+            f"{arch} processor grew the vocab to {len(processor.tokenizer)} (wanted {vocab_size})"
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0.0, output_std)
+    model.eval()
+    return model, processor
+
+
+def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> Path:
+    """Write a tiny VLA where ``from_pretrained`` (model and ``AutoProcessor``) can load it offline."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = build_tiny_vla(arch, seed, **kw)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+__all__ = [
+    "NUM_ACTION_FILLERS",
+    "Qwen2_5_VLImageOnlyProcessor",
+    "TINY_ARCHS",
+    "build_tiny_vla",
+    "build_tokenizer",
+    "default_vocab_size",
+    "save_tiny_vla",
+]
+
+
+def write_action_tokenizer(directory: str | Path, action_dims: int = 7, num_bins: int = NUM_ACTION_FILLERS,
+                           bound: float = 1.0) -> Path:
+    """Add ``action_tokenizer.json`` (bins = the last ``num_bins`` vocabulary ids) to a saved tiny VLA,
+    so a recipe can name the dir as ``model.name_or_path`` and get a complete VLA."""
+    from .action_tokenizer import ActionTokenizer
+
+    directory = Path(directory)
+    tokenizer = AutoProcessor.from_pretrained(directory).tokenizer
+    at = ActionTokenizer.last_k(len(tokenizer), action_dims, num_bins, [-bound] * action_dims,
+                                [bound] * action_dims, reserved_ids=tokenizer.all_special_ids)
+    return at.save(directory)

@@ -1,0 +1,259 @@
+"""A Hugging Face vision-language model as a D-dimensional action-token policy (the policy protocol).
+
+Dim ``i`` of the action is the i-th generated token, restricted to the K bin tokens of the action
+tokenizer: ``log pi_i(a^i | s, a^{<i})`` is a log-softmax over those K logits only, in rollout and
+update alike (ALGORITHM.md §1). ``act`` decodes the D tokens with the KV cache (one prefill + D-1
+single-token steps); ``evaluate`` is one teacher-forced forward over prompt + D tokens. Both compute
+positions from the attention mask themselves, so a prompt padded on the left by a different amount
+(rollout batch vs update minibatch) gets identical log-probs, and both pass the architecture's extra
+inputs (PaliGemma's ``token_type_ids``, Qwen-VL's 3-D positions) the same way — otherwise the PPO
+ratio is not 1 at the first minibatch (tests/test_vla.py checks both, and that dropping PaliGemma's
+``token_type_ids`` breaks it).
+
+The state feature is the hidden state of the last prompt token at ``feature_layer`` (the token the
+first action token is predicted from, as RL4VLA and RLinf read their value head).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .action_tokenizer import ActionTokenizer
+from .base import ActOutput, EvalOutput, categorical_stats
+from .vla_arch import ArchSpec
+
+__all__ = ["VLAPolicy"]
+
+# 2-D ``[B, L]`` inputs that grow with the sequence and are padded on the left in ``collate``
+_SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+class VLAPolicy(nn.Module):
+    """``model`` (a transformers VLM, optionally wrapped by peft) + processor + action tokenizer."""
+
+    autoregressive = True
+
+    def __init__(self, model: nn.Module, processor: Any, action_tokenizer: ActionTokenizer, arch: ArchSpec, *,
+                 prompt: str = "In: What action should the robot take to {instruction}?\nOut:",
+                 feature_layer: int = -1) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.action_tokenizer = action_tokenizer
+        self.arch = arch
+        self.prompt = prompt
+        self.feature_layer = feature_layer
+        self.action_dims = action_tokenizer.action_dims
+        self.num_bins = action_tokenizer.num_bins
+        text_cfg = self.base_model.config.get_text_config()
+        self.feature_dim = int(text_cfg.hidden_size)
+        self.register_buffer("bin_token_ids", torch.tensor(action_tokenizer.token_ids, dtype=torch.long),
+                             persistent=False)
+        tok = processor.tokenizer
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        vocab = self.base_model.get_output_embeddings().weight.shape[0]
+        if max(action_tokenizer.token_ids) >= vocab:
+            raise ValueError(f"action token ids reach {max(action_tokenizer.token_ids)} but the model's output "
+                             f"vocabulary has {vocab} rows")
+
+    # -- model access -------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers model underneath a peft wrapper (or the model itself)."""
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @property
+    def device(self) -> torch.device:
+        return self.bin_token_ids.device
+
+    def bin_embeddings(self) -> torch.Tensor:
+        """The input-embedding rows of the K bin tokens ``[K, H]`` (the structured head's frozen bin embedding)."""
+        return self.base_model.get_input_embeddings().weight[self.bin_token_ids].detach().float().clone()
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """The base model (adapter disabled): the reference policy of the optional KL term."""
+        if hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield
+        else:
+            raise RuntimeError("the reference policy needs a LoRA adapter (model.lora.enabled=true)")
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def prompt_text(self, instruction: str) -> str:
+        return self.arch.image_text + self.prompt.format(instruction=instruction)
+
+    def prepare(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"image": uint8 [B, H, W, 3] (or [B, V, H, W, 3] for V views), "instruction": [B] str}`` ->
+        processor outputs on the policy's device, left-padded, every tensor batch-first."""
+        from PIL import Image
+
+        images = np.asarray(obs["image"])
+        if images.ndim == 4:
+            images = images[:, None]
+        instructions = [str(s) for s in obs["instruction"]]
+        if images.shape[1] != 1:
+            raise ValueError("multi-view observations are not supported yet: give one image per sample")
+        pil = [Image.fromarray(img[0]) for img in images]
+        texts = [self.prompt_text(s) for s in instructions]
+        enc = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
+        out = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        if self.arch.flat_pixels:  # [B * P, dim] -> [B, P, dim] so minibatches can index it
+            out["pixel_values"] = out["pixel_values"].reshape(len(pil), -1, out["pixel_values"].shape[-1])
+        if "attention_mask" not in out:
+            out["attention_mask"] = torch.ones_like(out["input_ids"])
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    def collate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Concatenate prepared inputs; sequence tensors are left-padded to the longest."""
+        length = max(b["input_ids"].shape[1] for b in batches)
+        out: dict[str, torch.Tensor] = {}
+        for key in batches[0]:
+            parts = []
+            for b in batches:
+                v = b[key]
+                if key in _SEQ_KEYS and v.shape[1] < length:
+                    fill = self.pad_token_id if key == "input_ids" else 0
+                    v = torch.cat([v.new_full((v.shape[0], length - v.shape[1]), fill), v], dim=1)
+                parts.append(v)
+            out[key] = torch.cat(parts, dim=0)
+        return out
+
+    def _trim(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Drop left-padding columns no row of this (mini)batch uses."""
+        used = inputs["attention_mask"].any(0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start == 0:
+            return inputs
+        return {k: (v[:, start:] if k in _SEQ_KEYS else v) for k, v in inputs.items()}
+
+    def _positions(self, input_ids: torch.Tensor, mask: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Position ids from the mask: ``[B, L]``, or ``[3, B, L]`` M-RoPE positions for Qwen-VL."""
+        if self.arch.mrope:
+            mm = inputs["mm_token_type_ids"]
+            if mm.shape[1] < input_ids.shape[1]:  # appended action tokens are text
+                mm = torch.cat([mm, mm.new_zeros(mm.shape[0], input_ids.shape[1] - mm.shape[1])], dim=1)
+            pos, _ = self.base_model.model.get_rope_index(
+                input_ids, mm_token_type_ids=mm, image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
+            return pos
+        pos = mask.long().cumsum(-1) - 1 + self.arch.position_offset
+        return pos.clamp_min(self.arch.position_offset)
+
+    def _forward_kwargs(self, inputs: dict[str, torch.Tensor], extra_len: int) -> dict[str, Any]:
+        """The model kwargs of a full (no cache) forward over the prompt + ``extra_len`` generated tokens."""
+        kw: dict[str, Any] = {}
+        for key, value in inputs.items():
+            if key in _SEQ_KEYS:
+                continue
+            if key == "pixel_values" and self.arch.flat_pixels:
+                value = value.reshape(-1, value.shape[-1])
+            kw[key] = value.to(self.base_model.dtype) if value.is_floating_point() else value
+        B = inputs["input_ids"].shape[0]
+        if self.arch.token_type_ids:
+            tt = inputs.get("token_type_ids")
+            if tt is None:
+                tt = torch.zeros_like(inputs["input_ids"])
+            kw["token_type_ids"] = torch.cat([tt, tt.new_ones(B, extra_len)], dim=1)
+        if self.arch.mrope:
+            mm = inputs["mm_token_type_ids"]
+            kw["mm_token_type_ids"] = torch.cat([mm, mm.new_zeros(B, extra_len)], dim=1)
+        return kw
+
+    def _features(self, hidden_states: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
+        return hidden_states[self.feature_layer][:, index].float()
+
+    def _bin_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_select(-1, self.bin_token_ids).float()
+
+    # -- the protocol -------------------------------------------------------------------------
+    def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The state feature ``[B, H]`` alone (value bootstrap)."""
+        inputs = self._trim(inputs)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=self._positions(ids, mask, inputs),
+                         use_cache=False, output_hidden_states=True, logits_to_keep=1,
+                         **self._forward_kwargs(inputs, 0))
+        return self._features(out.hidden_states, -1)
+
+    def act(self, inputs: dict[str, torch.Tensor], *, deterministic: bool = False,
+            temperature: float = 1.0) -> ActOutput:
+        """Decode D bin tokens with the KV cache; log-probs are of the untempered restricted softmax."""
+        inputs = self._trim(inputs)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        B = ids.shape[0]
+        pos = self._positions(ids, mask, inputs)
+        kw = self._forward_kwargs(inputs, 0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         output_hidden_states=True, logits_to_keep=1, **kw)
+        features = self._features(out.hidden_states, -1)
+        cache = _cache_of(out)
+        next_pos = pos[..., -1:] + 1
+        step_kw: dict[str, Any] = {}
+        if self.arch.token_type_ids:
+            step_kw["token_type_ids"] = torch.ones(B, 1, dtype=torch.long, device=ids.device)
+        if self.arch.mrope:
+            step_kw["mm_token_type_ids"] = torch.zeros(B, 1, dtype=torch.long, device=ids.device)
+        logits_all, actions = [], []
+        for i in range(self.action_dims):
+            logits = self._bin_logits(out.logits[:, -1])  # [B, K]
+            if deterministic:
+                a_i = logits.argmax(-1)
+            else:
+                a_i = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)[:, 0]
+            logits_all.append(logits)
+            actions.append(a_i)
+            if i == self.action_dims - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            out = self.model(input_ids=self.bin_token_ids[a_i][:, None], attention_mask=mask, position_ids=next_pos,
+                             cache=cache, use_cache=True, **step_kw)
+            cache = _cache_of(out)
+            next_pos = next_pos + 1
+        actions_t = torch.stack(actions, dim=1)
+        logp, _, probs = categorical_stats(torch.stack(logits_all, dim=1), actions_t)
+        return ActOutput(actions_t, logp, features, probs)
+
+    def evaluate(self, inputs: dict[str, torch.Tensor], actions: torch.Tensor) -> EvalOutput:
+        """One teacher-forced forward over prompt + the D action tokens."""
+        inputs = self._trim(inputs)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        B, L, D = ids.shape[0], ids.shape[1], self.action_dims
+        full_ids = torch.cat([ids, self.bin_token_ids[actions.long()]], dim=1)
+        full_mask = torch.cat([mask, mask.new_ones(B, D)], dim=1)
+        out = self.model(input_ids=full_ids, attention_mask=full_mask,
+                         position_ids=self._positions(full_ids, full_mask, inputs), use_cache=False,
+                         output_hidden_states=True, logits_to_keep=D + 1, **self._forward_kwargs(inputs, D))
+        logits = self._bin_logits(out.logits[:, :D])  # positions L-1 .. L+D-2 predict the D tokens
+        logp, entropy, probs = categorical_stats(logits, actions)
+        return EvalOutput(logp, entropy, self._features(out.hidden_states, L - 1), probs)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Adapter (or full model) + processor + action tokenizer: what a checkpoint holds of the policy."""
+        directory = Path(directory)
+        self.model.save_pretrained(str(directory))
+        self.processor.save_pretrained(str(directory))
+        self.action_tokenizer.save(directory)
+
+    def lora_module_names(self) -> list[str]:
+        """Names (relative to the transformers model) of the modules carrying a LoRA adapter."""
+        names = set()
+        for name, _ in self.base_model.named_modules():
+            m = re.match(r"^(.*)\.lora_A$", name)
+            if m:
+                names.add(m.group(1))
+        return sorted(names)
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)

@@ -1,0 +1,89 @@
+"""What differs between the supported vision-language architectures, in one table.
+
+The VLA policy is written once; everything architecture-specific is a field here: where the language
+model's layers live (LoRA targets), how the prompt mentions the image, PaliGemma's 1-indexed positions
+and ``token_type_ids`` (prefix attends bidirectionally, generated tokens causally), Qwen-VL's 3-D
+(M-RoPE) positions and ``mm_token_type_ids``, and Qwen's flat ``pixel_values``.
+
+Nothing here imports torch or transformers: the preflight check (is this architecture supported?) runs
+before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import VLA_MODEL_TYPES
+
+__all__ = ["ARCHS", "ArchSpec", "UnsupportedArchitectureError", "arch_for", "read_model_config"]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A checkpoint whose architecture the VLA policy does not implement; the message lists the supported."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    language_model: str
+    """Regex of the language model's module path (LoRA targets its layers only, by default)."""
+    vision_model: str
+    """Regex of the vision tower + projector path (adapted only with ``lora.include_vision``)."""
+    image_text: str
+    """What the prompt text must contain where the image goes ('' = the processor inserts it itself)."""
+    position_offset: int = 0
+    """First position id of a sequence (PaliGemma counts from 1)."""
+    token_type_ids: bool = False
+    """PaliGemma: 0 = image + prompt (bidirectional prefix), 1 = generated tokens (causal)."""
+    mrope: bool = False
+    """Qwen-VL: 3-D rotary positions from ``get_rope_index``; ``mm_token_type_ids`` mark image tokens."""
+    flat_pixels: bool = False
+    """Qwen-VL: ``pixel_values`` is ``[sum of patches, dim]`` rather than batch-first."""
+
+    def lora_regex(self) -> str:
+        return (rf"^{self.language_model}\.layers\.\d+\."
+                r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$")
+
+
+_QWEN = dict(language_model=r"model\.language_model", vision_model=r"model\.visual",
+             image_text="<|vision_start|><|image_pad|><|vision_end|>", mrope=True, flat_pixels=True)
+ARCHS: dict[str, ArchSpec] = {
+    "paligemma": ArchSpec("paligemma", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
+                          image_text="<image>", position_offset=1, token_type_ids=True),
+    "qwen2_5_vl": ArchSpec("qwen2_5_vl", **_QWEN),
+    "qwen2_vl": ArchSpec("qwen2_vl", **_QWEN),
+    "idefics3": ArchSpec("idefics3", r"model\.text_model", r"model\.(vision_model|connector)", image_text="<image>"),
+    "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
+                      image_text="<image>"),
+}
+assert tuple(ARCHS) == VLA_MODEL_TYPES  # config.py keeps the list torch-free; both must agree
+
+
+def read_model_config(path: str | Path) -> dict:
+    """``config.json`` of a local checkpoint dir (light: no torch)."""
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: model.name_or_path must be a checkpoint dir with config.json "
+                                "(e.g. one written by scripts/make_tiny_vla.py) or a Hub id")
+    return json.loads(p.read_text())
+
+
+def arch_for(model_config: dict, *, trust_remote_code: bool = False) -> ArchSpec:
+    """The :class:`ArchSpec` of a checkpoint's ``config.json`` content; clear errors otherwise."""
+    model_type = model_config.get("model_type")
+    supported = ", ".join(f"{k} ({_FAMILY[k]})" for k in ARCHS)
+    if model_type in ARCHS:
+        return ARCHS[model_type]
+    if "auto_map" in model_config and not trust_remote_code:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r} ships its own code (auto_map) and model.trust_remote_code is false. "
+            f"Supported architectures: {supported}. Remote-code models (e.g. OpenVLA's Prismatic) are not "
+            "supported; convert the checkpoint to one of these.")
+    raise UnsupportedArchitectureError(
+        f"unsupported VLA architecture model_type={model_type!r}. Supported: {supported}.")
+
+
+_FAMILY = {"paligemma": "PaliGemma, PaliGemma2", "qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL",
+           "idefics3": "SmolVLM / Idefics3", "llava": "LLaVA"}
