@@ -95,6 +95,12 @@ def preflight(cfg: TrainConfig) -> VLAFiles:
     action_tokenizer = None
     if at_dir is not None and (at_dir / ACTION_TOKENIZER_FILE).exists():
         action_tokenizer = ActionTokenizer.load(at_dir)
+        if action_tokenizer.mode != m.action_tokens:
+            if init is not None:  # a trained checkpoint's bins are what its adapter learned
+                raise ActionTokenizerError(
+                    f"init_from={str(init)!r} uses action_tokens={action_tokenizer.mode!r} but the recipe says "
+                    f"model.action_tokens={m.action_tokens!r}; set model.action_tokens={action_tokenizer.mode}")
+            action_tokenizer = None  # a base model: build the bins the recipe asks for
     D, K = cfg.env.action_dims, cfg.env.num_bins
     if action_tokenizer is not None:
         if action_tokenizer.action_dims != D or action_tokenizer.num_bins != K:
@@ -210,10 +216,18 @@ def apply_lora(model, arch: ArchSpec, m: ModelConfig, action_tokenizer: ActionTo
         return peft.PeftModel.from_pretrained(model, adapter_from, is_trainable=True)
     kwargs: dict[str, Any] = {}
     if action_tokenizer.mode == "add":  # the new <act_k> rows must train and be saved with the adapter
-        kwargs["trainable_token_indices"] = {"embed_tokens": list(action_tokenizer.token_ids)}
+        ids = list(action_tokenizer.token_ids)
+        kwargs["trainable_token_indices"] = {"embed_tokens": ids}
+        if not _tied(model):  # an untied output layer has its own new rows to train and save
+            kwargs["trainable_token_indices"]["lm_head"] = ids
     config = peft.LoraConfig(r=m.lora.r, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
                              target_modules=lora_target_regex(model, arch, m), bias="none", **kwargs)
     return peft.get_peft_model(model, config)
+
+
+def _tied(model) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
 
 
 def _set_full_finetune(model, arch: ArchSpec, include_vision: bool) -> None:

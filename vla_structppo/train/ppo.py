@@ -497,7 +497,7 @@ def _load_checkpoint(path: str, accelerator: Accelerator, core: Agent, optimizer
     else:
         warnings.warn("this env cannot save its state: resumed envs start fresh episodes", stacklevel=1)
     restored = RolloutState.from_state_dict(rank_state["rollout"])
-    state.obs, state.resetting = np.asarray(restored.obs), np.asarray(restored.resetting).astype(bool)
+    state.obs, state.resetting = restored.obs, np.asarray(restored.resetting).astype(bool)
     return dict(trainer_state["counters"])
 
 

@@ -1,0 +1,300 @@
+"""Behaviour cloning of a VLA on demonstrations: cross-entropy on the D action tokens, on Accelerate.
+
+Reads top to bottom: check the config and the dataset (before any weights load), load the policy
+(its action bounds from the dataset's q01 / q99 or the checkpoint's), tokenise every sample once,
+then epochs x minibatches of AdamW on the adapter, logging per epoch, and one checkpoint at the end
+that ``vla-structppo train init_from=...`` starts PPO from.
+
+The loss is ``-logp`` of the target bins under the policy's *restricted* softmax (over the K bin
+tokens only), the same distribution PPO samples from, so a cloned policy's greedy action is exactly
+the ``argmax`` this loss pushes up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from ..config import ConfigError, TrainConfig, to_yaml
+from ..envs.demos import ActionStats, DemoDatasetError, action_array, load_demos
+from ..policies.base import EvalOutput, select_batch
+from . import checkpoint as ckpt
+
+__all__ = ["SFTResult", "sft"]
+
+# samples per processor call while tokenising (bounds the memory of one call, not of the result)
+_PREPARE_CHUNK = 64
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    policy: Any  # the VLAPolicy, unwrapped from Accelerate
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+class _Cloner(nn.Module):
+    """The policy behind one ``forward``: DDP synchronises gradients only through ``forward``, and
+    ``VLAPolicy.evaluate`` is a method, not the module's forward."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, inputs: dict[str, torch.Tensor], bins: torch.Tensor) -> EvalOutput:
+        return self.policy.evaluate(inputs, bins)
+
+
+# -- checks that need no weights -----------------------------------------------------------------------
+def _check_config(cfg: TrainConfig) -> None:
+    cfg.validate()
+    s = cfg.sft
+    problems = []
+    if cfg.policy.type != "vla":
+        problems.append(f"sft clones a VLA: set policy.type=vla (got {cfg.policy.type!r})")
+    if not s.dataset:
+        problems.append("sft.dataset is not set: give the dir of a demonstration dataset "
+                        "(make one with `vla-structppo demos RECIPE sft.dataset=PATH`)")
+    for key, value, low in (("sft.num_epochs", s.num_epochs, 1), ("sft.batch_size", s.batch_size, 1),
+                            ("sft.max_samples", s.max_samples, 0)):
+        if value < low:
+            problems.append(f"{key} must be >= {low}, got {value}")
+    if s.learning_rate <= 0:
+        problems.append(f"sft.learning_rate must be > 0, got {s.learning_rate}")
+    if s.weight_decay < 0:
+        problems.append(f"sft.weight_decay must be >= 0, got {s.weight_decay}")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _load_dataset(cfg: TrainConfig) -> tuple[Any, np.ndarray, ActionStats]:
+    """The (possibly truncated) dataset, its actions ``[N, D]`` and statistics, checked against the env."""
+    ds, stats = load_demos(cfg.sft.dataset)
+    if cfg.sft.max_samples and cfg.sft.max_samples < len(ds):
+        ds = ds.select(range(cfg.sft.max_samples))
+    actions = action_array(ds)
+    D = cfg.env.action_dims
+    if actions.shape[1] != D or stats.action_dims != D:
+        raise DemoDatasetError(
+            f"the dataset {cfg.sft.dataset} has actions of width {actions.shape[1]} but env.action_dims={D}; "
+            f"set env.action_dims={actions.shape[1]} (and a model whose action tokenizer has that many dims) "
+            "or use demonstrations of this action space")
+    return ds, actions, stats
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def sft(cfg: TrainConfig) -> SFTResult:
+    """Behaviour-clone ``cfg.sft.dataset`` into the VLA of ``cfg.model``; returns run dir, policy, metrics."""
+    _check_config(cfg)
+    ds, actions, stats = _load_dataset(cfg)
+    from ..policies.vla_loading import load_vla_policy, preflight
+
+    files = preflight(cfg)  # every model file checked before any weights load
+    accelerator = _make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    run_dir = cfg.run_dir
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.seed)  # identical LoRA init on every process
+    bounds = (stats.q01, stats.q99) if cfg.sft.bounds == "dataset" else None
+    if bounds is not None and cfg.env.id == "structured" and not _spans_moves(bounds, cfg):
+        warnings.warn("sft.bounds=dataset re-bins the actions to the dataset's q01/q99, but the structured env "
+                      "reads bins on its own grid [-max_move, max_move]; a policy cloned this way acts on the "
+                      "wrong grid under PPO there. Use sft.bounds=model with a tokenizer spanning the env's moves.",
+                      stacklevel=2)
+    policy = load_vla_policy(cfg, files, bounds=bounds)
+    bins = torch.as_tensor(policy.action_tokenizer.encode(actions), dtype=torch.long)  # [N, D]
+    inputs = _tokenize(policy, ds)
+    actions_t = torch.as_tensor(actions, dtype=torch.float32)
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.sft.learning_rate, weight_decay=cfg.sft.weight_decay)
+    model, optimizer = accelerator.prepare(_Cloner(policy), optimizer)
+    core = accelerator.unwrap_model(model).policy
+    decode_table = _decode_table(core)
+
+    # one generator, same seed on every process: all ranks agree on each epoch's global order
+    generator = torch.Generator().manual_seed(cfg.seed)
+    N, B = len(bins), cfg.sft.batch_size
+    steps_per_epoch = (N + B - 1) // B
+    log = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    if cfg.logging.tensorboard:
+        accelerator.init_trackers("tb")
+    from tqdm.auto import tqdm
+
+    pbar = tqdm(total=cfg.sft.num_epochs * steps_per_epoch, desc=f"sft {cfg.name}", unit="step", dynamic_ncols=True,
+                disable=not (accelerator.is_main_process and cfg.logging.progress_bar))
+    step = 0
+    model.train()
+    for epoch in range(1, cfg.sft.num_epochs + 1):
+        t_start = time.perf_counter()
+        order = torch.randperm(N, generator=generator)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct tokens, L1 * n * D, n
+        for start in range(0, N, B):
+            idx = order[start:start + B][rank::world]  # this process's share of the global minibatch
+            if len(idx) == 0:  # fewer samples than processes in the last minibatch: still join the all-reduce
+                idx = order[start:start + 1]
+                weight = 0.0
+            else:
+                weight = 1.0
+            batch = {k: v.to(accelerator.device) for k, v in select_batch(inputs, idx).items()}
+            target = bins[idx].to(accelerator.device)
+            out = model(batch, target)
+            loss = -out.logp.mean()
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss * weight)
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                pred = out.bin_probs.argmax(-1)
+                n = len(idx) * weight
+                pred = pred.cpu()
+                l1 = (decode_table[pred, torch.arange(pred.shape[1])] - actions_t[idx]).abs().mean()
+                accuracy = (pred == bins[idx]).float().mean()
+                sums += torch.tensor([loss.item() * n, accuracy.item() * n, l1.item() * n, n], dtype=torch.float64)
+            pbar.update(1)
+        totals = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu() if world > 1 else sums
+        n_all = max(totals[3].item(), 1.0)
+        metrics = {
+            "sft/epoch": float(epoch),
+            "sft/step": float(step),
+            "sft/loss": totals[0].item() / n_all,
+            "sft/token_accuracy": totals[1].item() / n_all,
+            "sft/l1": totals[2].item() / n_all,
+            "sft/learning_rate": optimizer.param_groups[0]["lr"],
+            "time/epoch_s": time.perf_counter() - t_start,
+        }
+        log.append(metrics)
+        accelerator.log(metrics, step=step)
+        pbar.set_postfix(epoch=epoch, loss=f"{metrics['sft/loss']:.3f}", acc=f"{metrics['sft/token_accuracy']:.3f}",
+                         l1=f"{metrics['sft/l1']:.3f}")
+    pbar.close()
+
+    # the per-epoch numbers average over an epoch of changing weights: measure the final policy once
+    model.eval()
+    final = _evaluate(core, inputs, bins, actions_t, decode_table, B, rank, world, accelerator)
+    log.records[-1].update(final)
+    log.rewrite()
+    checkpoint = _save(accelerator, core, cfg, step)
+    accelerator.end_training()
+    return SFTResult(run_dir, core, log.records, checkpoint)
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+def _make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    return Accelerator(cpu=cpu, log_with="tensorboard" if cfg.logging.tensorboard else None,
+                       project_dir=str(cfg.run_dir))
+
+
+def _spans_moves(bounds: tuple[list[float], list[float]], cfg: TrainConfig) -> bool:
+    """Whether ``bounds`` are the structured env's move range, where bin k of the tokenizer is bin k of the env."""
+    move = cfg.env.max_move if cfg.env.max_move is not None else 1.0
+    return bool(np.allclose(bounds[0], -move) and np.allclose(bounds[1], move))
+
+
+def _tokenize(policy: Any, ds: Any) -> dict[str, torch.Tensor]:
+    """Every sample through the processor once (on CPU; minibatches move to the device as they run)."""
+    rows = ds.with_format("numpy")
+    parts = []
+    for start in range(0, len(ds), _PREPARE_CHUNK):
+        chunk = rows[start:start + _PREPARE_CHUNK]
+        images = np.stack([_rgb_uint8(img) for img in chunk["image"]])
+        parts.append({k: v.cpu() for k, v in policy.prepare({"image": images,
+                                                             "instruction": list(chunk["instruction"])}).items()})
+    return policy.collate(parts)
+
+
+def _rgb_uint8(image: Any) -> np.ndarray:
+    """One decoded image as uint8 ``[H, W, 3]`` (a grey or RGBA PNG is converted, not rejected)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise DemoDatasetError(f"an image of shape {a.shape} is not an [H, W, 3] picture")
+    if a.dtype != np.uint8:
+        raise DemoDatasetError(f"images must be uint8, got {a.dtype}")
+    return a[..., :3]
+
+
+def _decode_table(policy: Any) -> torch.Tensor:
+    """``[K, D]`` continuous value of bin k in dim i, so ``table[bins, arange(D)]`` decodes a batch on torch."""
+    tok = policy.action_tokenizer
+    grid = np.repeat(np.arange(tok.num_bins)[:, None], tok.action_dims, axis=1)
+    return torch.as_tensor(tok.decode(grid), dtype=torch.float32)
+
+
+@torch.no_grad()
+def _evaluate(policy: Any, inputs: dict[str, torch.Tensor], bins: torch.Tensor, actions: torch.Tensor,
+              table: torch.Tensor, batch_size: int, rank: int, world: int, accelerator: Accelerator
+              ) -> dict[str, float]:
+    """Teacher-forced token accuracy and decoded L1 of the final policy over the whole dataset."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    D = bins.shape[1]
+    for start in range(rank * batch_size, len(bins), batch_size * world):
+        idx = torch.arange(start, min(start + batch_size, len(bins)))
+        batch = {k: v.to(accelerator.device) for k, v in select_batch(inputs, idx).items()}
+        pred = policy.evaluate(batch, bins[idx].to(accelerator.device)).bin_probs.argmax(-1).cpu()
+        sums += torch.tensor([(pred == bins[idx]).sum().item(),
+                              (table[pred, torch.arange(D)] - actions[idx]).abs().sum().item(), len(idx) * D],
+                             dtype=torch.float64)
+    if world > 1:
+        sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    n = max(sums[2].item(), 1.0)
+    return {"sft/final_token_accuracy": sums[0].item() / n, "sft/final_l1": sums[1].item() / n}
+
+
+class _MetricsLog:
+    """``metrics.jsonl``, one line per epoch (a fresh file per run: SFT does not resume)."""
+
+    def __init__(self, path: Path, main: bool) -> None:
+        self.path, self.main, self.records = path, main, []
+        if main:
+            path.write_text("")
+
+    def append(self, metrics: dict[str, float]) -> None:
+        self.records.append(dict(metrics))
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    def rewrite(self) -> None:
+        if self.main:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def _save(accelerator: Accelerator, policy: Any, cfg: TrainConfig, step: int) -> Path:
+    """``checkpoints/<step>/``: adapter (or model) + processor + action tokenizer + config.yaml, written
+    atomically; the PPO trainer's ``init_from`` reads exactly these."""
+    root = cfg.run_dir / "checkpoints"
+    name = f"{step:06d}"
+    tmp, final = root / f".tmp-{name}", root / name
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        policy.save_pretrained(tmp)
+        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        ckpt.write_atomic_dir(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
