@@ -340,3 +340,8 @@ def test_policy_vla_needs_a_model_and_images():
         load_config(None, ["policy.type=vla", "env.observation=image"])
     with pytest.raises(ConfigError, match="env.observation=image"):
         load_config(None, ["policy.type=vla", "model.name_or_path=x"])
+
+
+def test_missing_model_dir_fails_before_loading(tmp_path, no_weight_loading):
+    with pytest.raises(VLACheckpointError, match="no such directory.*make_tiny_vla"):
+        preflight(load_config(None, vla_overrides(tmp_path / "nope")))

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-from .config import ConfigError, field_docs, load_config, to_yaml
+from .config import ConfigError, TrainConfig, field_docs, load_config, to_yaml
 
-VERBS = ("train", "config")
+VERBS = ("train", "sft", "demos", "config")
+# ``demos`` records this many expert steps unless sft.max_samples says otherwise
+DEFAULT_NUM_DEMOS = 256
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         "`vla-structppo config --keys` lists every key with its meaning.",
     )
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb, text in (("train", "train with PPO"), ("config", "print the resolved config and exit")):
+    for verb, text in (("train", "train with PPO"),
+                       ("sft", "behaviour-clone the demonstrations at sft.dataset into the VLA"),
+                       ("demos", "record expert demonstrations of the structured task to sft.dataset "
+                                 "(sft.max_samples steps, default 256)"),
+                       ("config", "print the resolved config and exit")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. recipes/structured/counterfactual.yaml)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -49,15 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.verb == "config":
         print(to_yaml(cfg), end="")
         return
+    if args.verb == "demos":
+        _demos(cfg)
+        return
+    if args.verb == "sft":
+        _sft(cfg)
+        return
     # heavy imports only now that the config is known to be good
-    from .train.checkpoint import CheckpointError
     from .train.ppo import train
 
     try:
         result = train(cfg)
-    except (ConfigError, CheckpointError) as err:
-        print(f"vla-structppo: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except _user_errors() as err:
+        _fail(err)
     from accelerate import PartialState
 
     final = result.final
@@ -65,6 +76,50 @@ def main(argv: list[str] | None = None) -> None:
         shown = {k: round(v, 4) for k, v in final.items()
                  if k in ("rollout/ep_return_mean", "rollout/normalized_return", "rollout/success_rate")}
         print(f"done: {result.run_dir}  {shown}")
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean 'fix your input' (printed without a traceback, exit 2). FileNotFoundError covers
+    a checkpoint missing a file (CheckpointError, the VLA preflight's VLACheckpointError)."""
+    from .policies.action_tokenizer import ActionTokenizerError
+    from .policies.vla_arch import UnsupportedArchitectureError
+
+    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError)
+
+
+def _fail(err: Exception) -> NoReturn:
+    print(f"vla-structppo: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def _demos(cfg: TrainConfig) -> None:
+    if not cfg.sft.dataset:
+        _fail(ConfigError("demos writes to sft.dataset: set sft.dataset=PATH"))
+    from .envs.demos import DemoDatasetError, save_demos, structured_demos
+
+    n = cfg.sft.max_samples or DEFAULT_NUM_DEMOS
+    try:
+        path = save_demos(structured_demos(cfg.env, n, cfg.seed), cfg.sft.dataset)
+    except DemoDatasetError as err:
+        _fail(err)
+    print(f"wrote {n} expert steps to {path}")
+
+
+def _sft(cfg: TrainConfig) -> None:
+    # heavy imports only now that the config is known to be good
+    from .envs.demos import DemoDatasetError
+    from .train.sft import sft
+
+    try:
+        result = sft(cfg)
+    except (*_user_errors(), DemoDatasetError) as err:
+        _fail(err)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        final = result.final
+        print(f"done: {result.run_dir}  token_accuracy={final.get('sft/final_token_accuracy', float('nan')):.4f}  "
+              f"l1={final.get('sft/final_l1', float('nan')):.4f}  checkpoint={result.checkpoint}")
 
 
 if __name__ == "__main__":

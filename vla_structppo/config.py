@@ -370,6 +370,8 @@ class TrainConfig:
             ("ppo.num_minibatches", p.num_minibatches, 1), ("ppo.total_timesteps", p.total_timesteps, 1),
             ("ppo.gradient_accumulation_steps", p.gradient_accumulation_steps, 1), ("head.rank", self.head.rank, 1),
             ("policy.hidden_size", self.policy.hidden_size, 1), ("ppo.max_nan_updates", p.max_nan_updates, 1),
+            ("sft.num_epochs", self.sft.num_epochs, 1), ("sft.batch_size", self.sft.batch_size, 1),
+            ("sft.max_samples", self.sft.max_samples, 0), ("env.image_size", e.image_size, 1),
         ]:
             if value < low:
                 problems.append(f"{key} must be >= {low}, got {value}")
@@ -385,9 +387,12 @@ class TrainConfig:
                 f"num_minibatches*gradient_accumulation_steps={micro}"
             )
         for key, value in [("ppo.learning_rate", p.learning_rate), ("ppo.head_learning_rate", p.head_learning_rate),
-                           ("ppo.clip_coef", p.clip_coef), ("ppo.max_grad_norm", p.max_grad_norm)]:
+                           ("ppo.clip_coef", p.clip_coef), ("ppo.max_grad_norm", p.max_grad_norm),
+                           ("sft.learning_rate", self.sft.learning_rate)]:
             if value <= 0:
                 problems.append(f"{key} must be > 0, got {value}")
+        if self.sft.weight_decay < 0:
+            problems.append(f"sft.weight_decay must be >= 0, got {self.sft.weight_decay}")
         if not (0.0 <= p.gamma <= 1.0 and 0.0 <= p.gae_lambda <= 1.0):
             problems.append("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
         if problems:

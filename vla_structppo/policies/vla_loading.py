@@ -81,6 +81,10 @@ def preflight(cfg: TrainConfig) -> VLAFiles:
         adapter_from, weights_from = None, str(init)
     else:
         adapter_from, weights_from = None, base
+    if not _is_local(weights_from) and (weights_from.startswith(("/", ".", "~")) or weights_from.count("/") > 1):
+        raise VLACheckpointError(
+            f"model.name_or_path={weights_from!r}: no such directory (a Hub id looks like org/name). Make a "
+            "tiny local VLA with: python scripts/make_tiny_vla.py --arch llava --out DIR")
     model_config = read_model_config(weights_from) if _is_local(weights_from) else None
     if model_config is not None:
         arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)

@@ -71,14 +71,6 @@ def _check_config(cfg: TrainConfig) -> None:
     if not s.dataset:
         problems.append("sft.dataset is not set: give the dir of a demonstration dataset "
                         "(make one with `vla-structppo demos RECIPE sft.dataset=PATH`)")
-    for key, value, low in (("sft.num_epochs", s.num_epochs, 1), ("sft.batch_size", s.batch_size, 1),
-                            ("sft.max_samples", s.max_samples, 0)):
-        if value < low:
-            problems.append(f"{key} must be >= {low}, got {value}")
-    if s.learning_rate <= 0:
-        problems.append(f"sft.learning_rate must be > 0, got {s.learning_rate}")
-    if s.weight_decay < 0:
-        problems.append(f"sft.weight_decay must be >= 0, got {s.weight_decay}")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
