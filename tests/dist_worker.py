@@ -14,7 +14,7 @@ result = train(load_config(None, sys.argv[2:]))
 from accelerate import PartialState  # noqa: E402
 
 rank = PartialState().process_index
-state = {k: v.detach().contiguous() for k, v in result.agent.state_dict().items()}
+state = {k: v.detach().clone().contiguous() for k, v in result.agent.state_dict().items()}  # tied weights: copies
 save_file(state, f"{out_dir}/params_rank{rank}.safetensors")
 if rank == 0:
     torch.save([r.get("rollout/normalized_return") for r in result.history], f"{out_dir}/curve.pt")

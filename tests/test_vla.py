@@ -345,3 +345,22 @@ def test_policy_vla_needs_a_model_and_images():
 def test_missing_model_dir_fails_before_loading(tmp_path, no_weight_loading):
     with pytest.raises(VLACheckpointError, match="no such directory.*make_tiny_vla"):
         preflight(load_config(None, vla_overrides(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("arch", ["smolvlm", "paligemma"])
+def test_full_finetuning_saves_the_model_and_reloads_exactly(arch, tiny_dirs, tmp_path):
+    result = quick_vla_run(tiny_dirs[arch], tmp_path, "full", "model.lora.enabled=false")
+    policy = result.agent.policy
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and not any(re.match(rf"^{ARCHS[policy.arch.name].vision_model}", n) for n in trainable)
+    last = sorted((result.run_dir / "checkpoints").glob("0*"))[-1]
+    assert (last / "model.safetensors").is_file() and not (last / "adapter_model.safetensors").exists()
+    fresh = load_vla_policy(load_config(None, vla_overrides(tiny_dirs[arch], "model.lora.enabled=false",
+                                                            f"init_from={last}")))
+    inputs = policy.prepare(observations(3))
+    with torch.no_grad():
+        actions = policy.act(inputs).actions
+        assert torch.allclose(policy.evaluate(inputs, actions).logp, fresh.evaluate(inputs, actions).logp, atol=1e-6)
+    resumed = quick_vla_run(tiny_dirs[arch], tmp_path, "full2", "model.lora.enabled=false",
+                            "ppo.total_timesteps=24", f"resume={sorted((result.run_dir / 'checkpoints').glob('0*'))[0]}")
+    assert resumed.history

@@ -44,7 +44,7 @@ ENV_IDS = ("structured",)
 POLICY_TYPES = ("mlp", "ar_mlp", "vla")
 OBSERVATIONS = ("state", "image")
 # transformers ``model_type`` values the VLA policy supports (policies/vla_arch.py implements them)
-VLA_MODEL_TYPES = ("paligemma", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava")
+VLA_MODEL_TYPES = ("paligemma", "qwen2_5_vl", "idefics3", "llava")
 ACTION_TOKEN_MODES = ("last_k", "add")
 DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
@@ -118,6 +118,9 @@ class PolicyConfig:
     """Layers of the policy trunk."""
     value_hidden_size: int = 64
     """Width of the value head MLP."""
+    value_stop_gradient: bool = False
+    """Detach the state feature for the value head: the value loss never moves the policy's backbone
+    (keeps a cloned VLA intact while a fresh value head learns the return scale)."""
 
 
 @dataclass
@@ -227,6 +230,9 @@ class PPOConfig:
     """Adam learning rate of the policy and value head."""
     head_learning_rate: float = 3.0e-3
     """Adam learning rate of the structured advantage head."""
+    value_learning_rate: Optional[float] = None  # noqa: UP045
+    """Adam learning rate of the value head; null = ``learning_rate`` (VLA-RL systems use ~3e-3 against
+    1e-4 for the LoRA adapter)."""
     lr_schedule: str = "linear"
     """``constant``, ``linear`` (to 0) or ``cosine`` (to 0) over the run's updates."""
     gamma: float = 0.99
@@ -388,7 +394,9 @@ class TrainConfig:
             )
         for key, value in [("ppo.learning_rate", p.learning_rate), ("ppo.head_learning_rate", p.head_learning_rate),
                            ("ppo.clip_coef", p.clip_coef), ("ppo.max_grad_norm", p.max_grad_norm),
-                           ("sft.learning_rate", self.sft.learning_rate)]:
+                           ("sft.learning_rate", self.sft.learning_rate),
+                           ("ppo.value_learning_rate", p.value_learning_rate if p.value_learning_rate is not None
+                            else 1.0)]:
             if value <= 0:
                 problems.append(f"{key} must be > 0, got {value}")
         if self.sft.weight_decay < 0:

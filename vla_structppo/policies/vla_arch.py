@@ -53,7 +53,6 @@ ARCHS: dict[str, ArchSpec] = {
     "paligemma": ArchSpec("paligemma", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                           image_text="<image>", position_offset=1, token_type_ids=True),
     "qwen2_5_vl": ArchSpec("qwen2_5_vl", **_QWEN),
-    "qwen2_vl": ArchSpec("qwen2_vl", **_QWEN),
     "idefics3": ArchSpec("idefics3", r"model\.text_model", r"model\.(vision_model|connector)", image_text="<image>"),
     "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                       image_text="<image>"),
@@ -85,5 +84,5 @@ def arch_for(model_config: dict, *, trust_remote_code: bool = False) -> ArchSpec
         f"unsupported VLA architecture model_type={model_type!r}. Supported: {supported}.")
 
 
-_FAMILY = {"paligemma": "PaliGemma, PaliGemma2", "qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL",
+_FAMILY = {"paligemma": "PaliGemma, PaliGemma2", "qwen2_5_vl": "Qwen2.5-VL",
            "idefics3": "SmolVLM / Idefics3", "llava": "LLaVA"}

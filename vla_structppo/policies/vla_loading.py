@@ -261,7 +261,12 @@ def load_policy_weights(policy, directory: Path) -> None:
         path = directory / "model.safetensors"
         if not path.is_file():
             raise VLACheckpointError(f"checkpoint file missing: {path}")
-        policy.base_model.load_state_dict(load_file(str(path)), strict=True)
+        # save_pretrained writes the architecture's on-disk key names (and one copy of tied weights);
+        # from_pretrained maps them back, then the live model takes the weights strictly
+        from transformers import AutoModelForImageTextToText
+
+        loaded = AutoModelForImageTextToText.from_pretrained(str(directory), dtype=policy.base_model.dtype)
+        policy.base_model.load_state_dict(loaded.state_dict(), strict=True)
 
 
 def read_json(path: Path) -> dict:

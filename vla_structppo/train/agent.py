@@ -45,11 +45,13 @@ class AgentOutput:
 
 
 class Agent(nn.Module):
-    def __init__(self, policy: nn.Module, value_head: ValueHead, adv_head: StructuredAdvantageHead | None):
+    def __init__(self, policy: nn.Module, value_head: ValueHead, adv_head: StructuredAdvantageHead | None,
+                 value_stop_gradient: bool = False):
         super().__init__()
         self.policy = policy
         self.value_head = value_head
         self.adv_head = adv_head
+        self.value_stop_gradient = value_stop_gradient
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, envs) -> Agent:
@@ -65,7 +67,7 @@ class Agent(nn.Module):
                 bin_embed_dim=h.bin_embed_dim, rank=h.rank, pairwise=h.pairwise, centering=h.centering,
                 stop_gradient=h.stop_gradient, bin_embeddings=bins,
             )
-        return cls(policy, value, head)
+        return cls(policy, value, head, value_stop_gradient=cfg.policy.value_stop_gradient)
 
     # -- the policy's part of a checkpoint ---------------------------------------------------------
     @property
@@ -99,8 +101,8 @@ class Agent(nn.Module):
             load_module(self.policy, directory / POLICY_FILE)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Policy (adapter) + value head parameters that train; the structured head has its own group."""
-        return [p for p in [*self.policy.parameters(), *self.value_head.parameters()] if p.requires_grad]
+        """Policy parameters that train (a VLA: the adapter); the heads have their own groups."""
+        return [p for p in self.policy.parameters() if p.requires_grad]
 
     @property
     def autoregressive(self) -> bool:
@@ -113,7 +115,7 @@ class Agent(nn.Module):
         (the head's policy-centering weights); the current ones are used when None.
         """
         ev = self.policy.evaluate(obs, actions)
-        value = self.value_head(ev.features)
+        value = self.value_head(ev.features.detach() if self.value_stop_gradient else ev.features)
         head = None
         if self.adv_head is not None:
             w = ev.bin_probs if centering_weights is None else centering_weights

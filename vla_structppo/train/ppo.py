@@ -73,7 +73,9 @@ def _make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
-    groups = [{"params": agent.trainable_parameters(), "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate}]
+    value_lr = cfg.ppo.value_learning_rate if cfg.ppo.value_learning_rate is not None else cfg.ppo.learning_rate
+    groups = [{"params": agent.trainable_parameters(), "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate},
+              {"params": list(agent.value_head.parameters()), "lr": value_lr, "base_lr": value_lr}]
     if agent.adv_head is not None:
         groups.append({"params": list(agent.adv_head.parameters()), "lr": cfg.ppo.head_learning_rate,
                        "base_lr": cfg.ppo.head_learning_rate})
