@@ -364,3 +364,45 @@ def test_full_finetuning_saves_the_model_and_reloads_exactly(arch, tiny_dirs, tm
     resumed = quick_vla_run(tiny_dirs[arch], tmp_path, "full2", "model.lora.enabled=false",
                             "ppo.total_timesteps=24", f"resume={sorted((result.run_dir / 'checkpoints').glob('0*'))[0]}")
     assert resumed.history
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dirs):
+    grads = []
+    for flag in ("false", "true"):
+        policy = make_policy(tiny_dirs["llava"], f"model.gradient_checkpointing={flag}")
+        policy.train()
+        inputs = policy.prepare(observations(3))
+        actions = torch.full((3, D), 5)
+        (-policy.evaluate(inputs, actions).logp.sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_kl_to_the_reference_policy_is_logged_and_trains(tiny_dirs, tmp_path):
+    result = quick_vla_run(tiny_dirs["llava"], tmp_path, "kl", "ppo.kl_coef=0.1", "ppo.total_timesteps=24",
+                           "ppo.num_minibatches=1")  # update 1 = one step from the adapter's init
+    kl = [r["losses/kl_ref"] for r in result.history]
+    assert all(np.isfinite(k) and k >= 0 for k in kl)
+    assert kl[0] < 1e-6 < max(kl)  # zero while the adapter is at its init, then the policy moves away
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_bin_logits_and_features_match_the_models_own_forward(arch, layer, tiny_dirs):
+    """The policy skips the full-vocabulary output layer; its bin logits and features must be exactly the
+    model's own (including PaliGemma2's logit soft-capping)."""
+    policy = make_policy(tiny_dirs[arch], f"model.feature_layer={layer}")
+    inputs = policy.prepare(observations(3))
+    actions = torch.randint(0, K, (3, D))
+    with torch.no_grad():
+        ev = policy.evaluate(inputs, actions)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        full_ids = torch.cat([ids, policy.bin_token_ids[actions]], 1)
+        full_mask = torch.cat([mask, torch.ones(3, D, dtype=mask.dtype)], 1)
+        out = policy.model(input_ids=full_ids, attention_mask=full_mask, use_cache=False, output_hidden_states=True,
+                           position_ids=policy._positions(full_ids, full_mask, inputs),
+                           **policy._forward_kwargs(inputs, D))
+    L = ids.shape[1]
+    logits = out.logits[:, L - 1:L - 1 + D].index_select(-1, policy.bin_token_ids)
+    assert torch.allclose(ev.bin_probs, torch.softmax(logits.float(), -1), atol=1e-5)
+    assert torch.allclose(ev.features, out.hidden_states[layer][:, L - 1], atol=1e-5)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .action_tokenizer import ActionTokenizer
@@ -168,21 +169,38 @@ class VLAPolicy(nn.Module):
             kw["mm_token_type_ids"] = torch.cat([mm, mm.new_zeros(B, extra_len)], dim=1)
         return kw
 
-    def _features(self, hidden_states: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
-        return hidden_states[self.feature_layer][:, index].float()
+    def _decode(self, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The decoder body (no output layer): ``(last hidden [B, L, H], feature-layer hidden, cache)``.
 
-    def _bin_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.index_select(-1, self.bin_token_ids).float()
+        The output layer is applied by :meth:`_bin_logits` to the few positions that predict action
+        tokens and, when it is a plain linear map, to the K bin rows only — a full-vocabulary
+        projection (32k+ rows) of every prompt position would cost more than the bins' softmax needs."""
+        want_all = self.feature_layer != -1
+        out = self.base_model.model(output_hidden_states=want_all, return_dict=True, **kw)
+        last = out.last_hidden_state
+        return last, (out.hidden_states[self.feature_layer] if want_all else last), _cache_of(out)
+
+    def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the K bin tokens ``[..., K]`` (float32) from final hidden states ``[..., H]``."""
+        head = self.base_model.get_output_embeddings()
+        if type(head) is nn.Linear:
+            logits = F.linear(hidden, head.weight.index_select(0, self.bin_token_ids),
+                              None if head.bias is None else head.bias.index_select(0, self.bin_token_ids))
+        else:  # an adapted output layer (e.g. trainable <act_k> rows): run it, keep the bins
+            logits = head(hidden.contiguous()).index_select(-1, self.bin_token_ids)
+        cap = getattr(self.base_model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:  # Gemma2 (PaliGemma2) squashes its logits; the restricted softmax must see the same ones
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
 
     # -- the protocol -------------------------------------------------------------------------
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The state feature ``[B, H]`` alone (value bootstrap)."""
         inputs = self._trim(inputs)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=self._positions(ids, mask, inputs),
-                         use_cache=False, output_hidden_states=True, logits_to_keep=1,
-                         **self._forward_kwargs(inputs, 0))
-        return self._features(out.hidden_states, -1)
+        _, feats, _ = self._decode(input_ids=ids, attention_mask=mask, position_ids=self._positions(ids, mask, inputs),
+                                   use_cache=False, **self._forward_kwargs(inputs, 0))
+        return feats[:, -1].float()
 
     def act(self, inputs: dict[str, torch.Tensor], *, deterministic: bool = False,
             temperature: float = 1.0) -> ActOutput:
@@ -191,11 +209,9 @@ class VLAPolicy(nn.Module):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         B = ids.shape[0]
         pos = self._positions(ids, mask, inputs)
-        kw = self._forward_kwargs(inputs, 0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         output_hidden_states=True, logits_to_keep=1, **kw)
-        features = self._features(out.hidden_states, -1)
-        cache = _cache_of(out)
+        last, feats, cache = self._decode(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                          **self._forward_kwargs(inputs, 0))
+        features = feats[:, -1].float()
         next_pos = pos[..., -1:] + 1
         step_kw: dict[str, Any] = {}
         if self.arch.token_type_ids:
@@ -204,7 +220,7 @@ class VLAPolicy(nn.Module):
             step_kw["mm_token_type_ids"] = torch.zeros(B, 1, dtype=torch.long, device=ids.device)
         logits_all, actions = [], []
         for i in range(self.action_dims):
-            logits = self._bin_logits(out.logits[:, -1])  # [B, K]
+            logits = self._bin_logits(last[:, -1])  # [B, K]
             if deterministic:
                 a_i = logits.argmax(-1)
             else:
@@ -214,9 +230,8 @@ class VLAPolicy(nn.Module):
             if i == self.action_dims - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            out = self.model(input_ids=self.bin_token_ids[a_i][:, None], attention_mask=mask, position_ids=next_pos,
-                             cache=cache, use_cache=True, **step_kw)
-            cache = _cache_of(out)
+            last, _, cache = self._decode(input_ids=self.bin_token_ids[a_i][:, None], attention_mask=mask,
+                                          position_ids=next_pos, cache=cache, use_cache=True, **step_kw)
             next_pos = next_pos + 1
         actions_t = torch.stack(actions, dim=1)
         logp, _, probs = categorical_stats(torch.stack(logits_all, dim=1), actions_t)
@@ -229,12 +244,12 @@ class VLAPolicy(nn.Module):
         B, L, D = ids.shape[0], ids.shape[1], self.action_dims
         full_ids = torch.cat([ids, self.bin_token_ids[actions.long()]], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(B, D)], dim=1)
-        out = self.model(input_ids=full_ids, attention_mask=full_mask,
-                         position_ids=self._positions(full_ids, full_mask, inputs), use_cache=False,
-                         output_hidden_states=True, logits_to_keep=D + 1, **self._forward_kwargs(inputs, D))
-        logits = self._bin_logits(out.logits[:, :D])  # positions L-1 .. L+D-2 predict the D tokens
+        last, feats, _ = self._decode(input_ids=full_ids, attention_mask=full_mask,
+                                      position_ids=self._positions(full_ids, full_mask, inputs), use_cache=False,
+                                      **self._forward_kwargs(inputs, D))
+        logits = self._bin_logits(last[:, L - 1:L - 1 + D])  # positions L-1 .. L+D-2 predict the D tokens
         logp, entropy, probs = categorical_stats(logits, actions)
-        return EvalOutput(logp, entropy, self._features(out.hidden_states, L - 1), probs)
+        return EvalOutput(logp, entropy, feats[:, L - 1].float(), probs)
 
     # -- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
