@@ -250,7 +250,6 @@ def test_added_action_tokens_train_and_reload(tiny_dirs, tmp_path):
         assert torch.allclose(policy.evaluate(inputs, target).logp, fresh.evaluate(inputs, target).logp, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_ppo_with_a_tiny_vla_raises_the_return(tiny_dirs, tmp_path):
     from vla_structppo.train.ppo import train
 
