@@ -23,7 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 __all__ = [
     "ConfigError",
     "CreditConfig",
+    "DemosConfig",
     "EnvConfig",
+    "EvalConfig",
     "HeadConfig",
     "LoggingConfig",
     "LoraConfig",
@@ -40,7 +42,8 @@ __all__ = [
 
 # Choices, kept here (not imported from algo/ or envs/, which import torch / gymnasium);
 # tests/test_config.py checks they equal the ones the code implements.
-ENV_IDS = ("structured",)
+ENV_IDS = ("structured", "metaworld", "libero", "maniskill")
+VECTOR_MODES = ("sync", "async")
 POLICY_TYPES = ("mlp", "ar_mlp", "vla")
 OBSERVATIONS = ("state", "image")
 # transformers ``model_type`` values the VLA policy supports (policies/vla_arch.py implements them)
@@ -102,6 +105,19 @@ class EnvConfig:
     """End an episode (terminated) once the goal is reached; otherwise it runs to the horizon."""
     autoreset_mode: str = "same_step"
     """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked)."""
+    task: str = ""
+    """Simulator task: MetaWorld ``reach-v3`` (MT1) or ``MT10`` / ``MT50``; LIBERO suite (``libero_spatial``,
+    ``libero_object``, ``libero_goal``, ``libero_10``, ``libero_90``); ManiSkill3 env id (``PickCube-v1`` ...)."""
+    camera: str = "corner2"
+    """Simulator camera rendered into the image observation."""
+    max_episode_steps: int = 150
+    """Simulator episodes are truncated after this many steps."""
+    vector_mode: str = "sync"
+    """Simulator vector env: ``sync`` (one process) or ``async`` (worker processes, forkserver)."""
+    randomize_goals: bool = True
+    """MetaWorld: a fresh random goal / object position every episode (off: the benchmark's 50 fixed variants)."""
+    state_obs: bool = False
+    """Add the robot's proprioceptive state to the observation (``obs["state"]``)."""
     observation: str = "state"
     """``state`` (the error vector, for the MLP policies) or ``image`` (a picture + instruction, for a VLA)."""
     image_size: int = 32
@@ -180,6 +196,40 @@ class SFTConfig:
     """Use only the first n samples (0 = all)."""
     bounds: str = "dataset"
     """Action normalisation bounds: ``dataset`` (q01/q99 of its actions) or ``model`` (the checkpoint's)."""
+
+
+@dataclass
+class DemosConfig:
+    num_episodes: int = 50
+    """Expert episodes to record per task (simulators); the structured task records ``sft.max_samples`` steps."""
+    keep_failed: bool = False
+    """Keep episodes the expert failed (default: only successful ones)."""
+    seed: int = 100_000
+    """First episode seed of the demonstrations (disjoint from training and evaluation seeds)."""
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Optional[str] = None  # noqa: UP045
+    """Checkpoint (or run dir, or ``hf://org/name[@rev]``) to evaluate."""
+    num_episodes: int = 20
+    """Episodes per task."""
+    seed: int = 1_000_000
+    """First episode seed (fixed: the same checkpoint and seeds give identical results)."""
+    num_envs: int = 4
+    """Parallel envs of the evaluation."""
+    deterministic: bool = True
+    """Greedy actions (true) or sampled at ``temperature`` (false)."""
+    temperature: float = 1.0
+    """Sampling temperature when ``deterministic`` is false."""
+    videos: int = 2
+    """Record this many episodes per task as MP4 (0 = none)."""
+    compare: Optional[str] = None  # noqa: UP045
+    """A second checkpoint evaluated on the same seeds, side by side."""
+    expert: bool = False
+    """Also evaluate the scripted expert on the same seeds."""
+    every: int = 0
+    """During training, evaluate every this many updates (0 = never)."""
 
 
 @dataclass
@@ -301,6 +351,8 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     credit: CreditConfig = field(default_factory=CreditConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -331,6 +383,17 @@ class TrainConfig:
         choice("env.autoreset_mode", self.env.autoreset_mode, AUTORESET_MODES)
         choice("policy.type", self.policy.type, POLICY_TYPES)
         choice("env.observation", self.env.observation, OBSERVATIONS)
+        choice("env.vector_mode", self.env.vector_mode, VECTOR_MODES)
+        if self.env.id != "structured" and not self.env.task:
+            problems.append(f"env.id={self.env.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1)")
+        for key, value, low in (("eval.num_episodes", self.eval.num_episodes, 1), ("eval.num_envs", self.eval.num_envs, 1),
+                                ("eval.videos", self.eval.videos, 0), ("eval.every", self.eval.every, 0),
+                                ("demos.num_episodes", self.demos.num_episodes, 1),
+                                ("env.max_episode_steps", self.env.max_episode_steps, 1)):
+            if value < low:
+                problems.append(f"{key} must be >= {low}, got {value}")
+        if self.eval.temperature <= 0:
+            problems.append("eval.temperature must be > 0")
         choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
