@@ -10,7 +10,7 @@ import torch
 
 from .algo.heads import HeadOutput
 
-__all__ = ["credit_summary", "explained_variance", "plot_credit"]
+__all__ = ["credit_summary", "explained_variance", "plot_credit", "plot_learning_curve"]
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -77,3 +77,37 @@ def plot_credit(per_dim: np.ndarray, pair_heat: np.ndarray, path: str | Path | N
         fig.savefig(path)
     plt.close(fig)
     return image
+
+
+def plot_learning_curve(records: list[dict[str, float]], path: str | Path, *, title: str = "",
+                        evals: list[tuple[float, float, float, float, str]] = ()) -> None:
+    """Training curve from ``metrics.jsonl`` records: normalised return (or success rate) against
+    env steps, plus evaluation points ``(step, rate, ci_low, ci_high, label)`` with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # tasks of known structure have an exact optimum (normalised return); simulators have success
+    key = "rollout/normalized_return" if any("rollout/normalized_return" in r for r in records) \
+        else "rollout/success_rate"
+    pts = [(r["charts/global_step"], r[key]) for r in records if key in r]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=90)
+    if pts:
+        x, y = zip(*pts)
+        ax.plot(x, y, color="tab:blue", alpha=0.5, label=f"training rollouts ({key.split('/')[1]})")
+        if len(y) >= 5:  # a moving average makes the trend readable through rollout noise
+            k = max(len(y) // 10, 3)
+            smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+            ax.plot(x[k - 1:], smooth, color="tab:blue", label=f"moving average ({k})")
+    for step, rate, lo, hi, label in evals:
+        ax.errorbar([step], [rate], yerr=[[rate - lo], [hi - rate]], fmt="o", capsize=4, label=label)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("success rate" if "success" in key else "normalised return")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -31,7 +31,7 @@ from ..algo import (
     value_loss,
 )
 from ..config import ConfigError, TrainConfig, to_yaml
-from ..diagnostics import credit_summary, explained_variance, plot_credit
+from ..diagnostics import credit_summary, explained_variance, plot_credit, plot_learning_curve
 from ..envs import make_env
 from ..policies.base import select_batch
 from . import checkpoint as ckpt
@@ -234,6 +234,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                          ret=f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}",
                          norm=f"{metrics.get('rollout/normalized_return', float('nan')):.2f}")
     pbar.close()
+    if accelerator.is_main_process and history.records and cfg.logging.plot_every > 0:
+        plot_learning_curve(history.records, run_dir / "plots" / "learning_curve.png",
+                            title=f"{cfg.name} ({cfg.credit.mode})")
     accelerator.end_training()
     return TrainResult(run_dir, core, history.records)
 
