@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from .config import ConfigError, TrainConfig, field_docs, load_config, to_yaml
 
-VERBS = ("train", "sft", "demos", "config")
+VERBS = ("train", "sft", "demos", "eval", "pipeline", "config")
 # ``demos`` records this many expert steps unless sft.max_samples says otherwise
 DEFAULT_NUM_DEMOS = 256
 
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("sft", "behaviour-clone the demonstrations at sft.dataset into the VLA"),
                        ("demos", "record expert demonstrations of the structured task to sft.dataset "
                                  "(sft.max_samples steps, default 256)"),
+                       ("eval", "evaluate eval.checkpoint on fixed seeds (success rate with a Wilson interval, videos) into "
+                                "<run>/eval/"),
+                       ("pipeline", "demos -> SFT -> PPO -> eval before/after PPO, in one run dir"),
                        ("config", "print the resolved config and exit")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. recipes/structured/counterfactual.yaml)")
@@ -61,6 +64,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.verb == "sft":
         _sft(cfg)
+        return
+    if args.verb == "eval":
+        from .eval import main_eval
+
+        main_eval(cfg)
+        return
+    if args.verb == "pipeline":
+        from .pipeline import run_pipeline
+
+        try:
+            run_pipeline(cfg)
+        except _user_errors() as err:
+            _fail(err)
         return
     # heavy imports only now that the config is known to be good
     from .train.ppo import train

@@ -161,6 +161,9 @@ class ModelConfig:
     """VLM / VLA checkpoint: a local dir (e.g. from scripts/make_tiny_vla.py) or a Hub id."""
     revision: Optional[str] = None  # noqa: UP045
     """Hub revision (branch, tag or commit) of ``name_or_path``."""
+    tiny_arch: Optional[str] = None  # noqa: UP045
+    """``pipeline`` only: build a tiny random model of this architecture (paligemma, paligemma2, qwen2_5_vl,
+    smolvlm, llava) at ``name_or_path`` if nothing is there (offline demo runs)."""
     trust_remote_code: bool = False
     """Run code shipped with the checkpoint; off unless you trust its author."""
     dtype: str = "float32"

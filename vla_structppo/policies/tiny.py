@@ -409,13 +409,17 @@ __all__ = [
 
 
 def write_action_tokenizer(directory: str | Path, action_dims: int = 7, num_bins: int = NUM_ACTION_FILLERS,
-                           bound: float = 1.0) -> Path:
+                           bound: float = 1.0, *, low: list[float] | None = None,
+                           high: list[float] | None = None) -> Path:
     """Add ``action_tokenizer.json`` (bins = the last ``num_bins`` vocabulary ids) to a saved tiny VLA,
-    so a recipe can name the dir as ``model.name_or_path`` and get a complete VLA."""
+    so a recipe can name the dir as ``model.name_or_path`` and get a complete VLA. Bounds: ``low`` /
+    ``high`` per dim (an env's action bounds), else ``[-bound, bound]``."""
     from .action_tokenizer import ActionTokenizer
 
     directory = Path(directory)
     tokenizer = AutoProcessor.from_pretrained(directory).tokenizer
-    at = ActionTokenizer.last_k(len(tokenizer), action_dims, num_bins, [-bound] * action_dims,
-                                [bound] * action_dims, reserved_ids=tokenizer.all_special_ids)
+    at = ActionTokenizer.last_k(len(tokenizer), action_dims, num_bins,
+                                list(low) if low is not None else [-bound] * action_dims,
+                                list(high) if high is not None else [bound] * action_dims,
+                                reserved_ids=tokenizer.all_special_ids)
     return at.save(directory)

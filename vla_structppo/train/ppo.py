@@ -214,6 +214,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         is_save_step = not nan_seen and (
             (cfg.logging.checkpoint_every > 0 and update % cfg.logging.checkpoint_every == 0)
             or update == cfg.num_updates)
+        if cfg.eval.every > 0 and (update % cfg.eval.every == 0 or update == cfg.num_updates):
+            # main process only, on its own envs; every RNG stream is restored, so training is unchanged
+            if accelerator.is_main_process:
+                from ..eval import evaluate_during_training
+
+                metrics.update(evaluate_during_training(core, cfg, update))
+            accelerator.wait_for_everyone()
+            is_log_step = True  # the evaluation's numbers are always logged
         if is_log_step:
             history.append(metrics)
             accelerator.log(metrics, step=counters["global_step"])
