@@ -23,3 +23,8 @@ def quick_overrides(tmp_path):
     return [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
             "logging.plot_every=0", "env.num_envs=16", "ppo.num_steps=4", "ppo.total_timesteps=256",
             "env.num_goals=4"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sim: needs a simulator package (metaworld, ...); skipped where it is missing")
+    config.addinivalue_line("markers", "hub: pulls from a local Hub mirror (olah); skipped where olah is missing")

@@ -11,9 +11,7 @@ from typing import NoReturn
 
 from .config import ConfigError, TrainConfig, field_docs, load_config, to_yaml
 
-VERBS = ("train", "sft", "demos", "eval", "pipeline", "config")
-# ``demos`` records this many expert steps unless sft.max_samples says otherwise
-DEFAULT_NUM_DEMOS = 256
+VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "config")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (("train", "train with PPO"),
                        ("sft", "behaviour-clone the demonstrations at sft.dataset into the VLA"),
-                       ("demos", "record expert demonstrations of the structured task to sft.dataset "
-                                 "(sft.max_samples steps, default 256)"),
+                       ("demos", "record scripted-expert demonstrations to sft.dataset (demos.num_episodes per "
+                                 "task; the structured task: sft.max_samples steps)"),
                        ("eval", "evaluate eval.checkpoint on fixed seeds (success rate with a Wilson interval, videos) into "
                                 "<run>/eval/"),
                        ("pipeline", "demos -> SFT -> PPO -> eval before/after PPO, in one run dir"),
@@ -37,11 +35,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         if verb == "config":
             p.add_argument("--keys", action="store_true", help="list every config key and its meaning")
+    push = sub.add_parser("push", help="upload a run's checkpoint, eval results and model card to the Hugging Face Hub")
+    push.add_argument("run_dir", help="the run dir (its checkpoints/last unless checkpoint=NAME)")
+    push.add_argument("args", nargs="*", help="repo_id=org/name [private=true] [revision=BRANCH] [checkpoint=NAME] "
+                      "[commit_message=TEXT]; the token comes from HF_TOKEN or `hf auth login`, never the command line")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.verb == "push":  # a run dir + its own keys, not a recipe + overrides
+        from .hub import main_push
+
+        main_push(args.run_dir, args.args)
+        return
     recipe = args.recipe
     overrides = list(args.overrides)
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
@@ -97,10 +104,11 @@ def main(argv: list[str] | None = None) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean 'fix your input' (printed without a traceback, exit 2). FileNotFoundError covers
     a checkpoint missing a file (CheckpointError, the VLA preflight's VLACheckpointError)."""
+    from .hub import HubError
     from .policies.action_tokenizer import ActionTokenizerError
     from .policies.vla_arch import UnsupportedArchitectureError
 
-    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError)
+    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError, HubError)
 
 
 def _fail(err: Exception) -> NoReturn:
@@ -111,14 +119,14 @@ def _fail(err: Exception) -> NoReturn:
 def _demos(cfg: TrainConfig) -> None:
     if not cfg.sft.dataset:
         _fail(ConfigError("demos writes to sft.dataset: set sft.dataset=PATH"))
-    from .envs.demos import DemoDatasetError, save_demos, structured_demos
+    from .envs.demos import DemoDatasetError, record_demos, save_demos
 
-    n = cfg.sft.max_samples or DEFAULT_NUM_DEMOS
     try:
-        path = save_demos(structured_demos(cfg.env, n, cfg.seed), cfg.sft.dataset)
-    except DemoDatasetError as err:
+        ds = record_demos(cfg)
+        path = save_demos(ds, cfg.sft.dataset)
+    except (*_user_errors(), DemoDatasetError) as err:
         _fail(err)
-    print(f"wrote {n} expert steps to {path}")
+    print(f"wrote {len(ds)} expert steps to {path}")
 
 
 def _sft(cfg: TrainConfig) -> None:

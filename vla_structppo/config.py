@@ -78,7 +78,8 @@ class PairConfig:
 @dataclass
 class EnvConfig:
     id: str = "structured"
-    """Environment: ``structured`` (a task of known per-dim / pairwise structure)."""
+    """Environment: ``structured`` (a task of known per-dim / pairwise structure), ``metaworld``, ``libero`` or
+    ``maniskill`` (robot simulators; see ``task``)."""
     num_envs: int = 16
     """Parallel envs in total; each of the N processes steps ``num_envs / N`` of them."""
     action_dims: int = 7

@@ -1,4 +1,5 @@
-"""Expert demonstrations of the structured task, saved as a Hugging Face dataset for behaviour cloning.
+"""Expert demonstrations (the structured task, simulators with a scripted expert), saved as a Hugging Face
+dataset for behaviour cloning.
 
 A demonstration dataset is what ``datasets.Dataset.save_to_disk`` writes, with one row per step:
 ``image`` (a ``datasets.Image``), ``instruction`` (str), ``action`` (the continuous action, a list of D
@@ -8,7 +9,13 @@ normalisation bounds OpenVLA uses), min / max and mean / std of the actions. :fu
 both back and fails with the fix in the message; a dataset written by other tools without
 ``stats.json`` still loads (its statistics are computed from the actions).
 
-The expert is exact: goals lie on the move grid, so with ``s`` steps left it picks, per dim, the bin
+:func:`record_demos` records ``demos.num_episodes`` episodes per task of any env whose vector env has
+``expert_bins()`` (MetaWorld), from seed ``demos.seed`` on; ``action`` is the decoded expert bin, i.e.
+exactly what the env executed, and ``state`` (the robot's proprioception) is added with
+``env.state_obs``. For ``env.id=structured`` it records ``sft.max_samples`` steps with
+:func:`structured_demos`.
+
+The structured task's expert is exact: goals lie on the move grid, so with ``s`` steps left it picks, per dim, the bin
 that brings the error closest to 0 *among the moves after which 0 is still reachable in ``s - 1``
 steps*. Plain greedy is not optimal for an even K (a VLA's 256): there is no zero move, and stepping
 onto the goal early can leave an error the last step cannot cancel.
@@ -24,21 +31,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import EnvConfig
+from ..config import EnvConfig, TrainConfig
 from .registry import make_env
 from .structured import StructuredTaskVectorEnv
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["ActionStats", "DemoDatasetError", "REQUIRED_COLUMNS", "expert_bins", "load_demos", "save_demos",
-           "structured_demos"]
+__all__ = ["ActionStats", "DemoDatasetError", "REQUIRED_COLUMNS", "expert_bins", "load_demos", "record_demos",
+           "save_demos", "structured_demos"]
 
 # the columns behaviour cloning reads; ``episode_index`` and ``success`` are bookkeeping
 REQUIRED_COLUMNS = ("image", "instruction", "action")
 STATS_FILE = "stats.json"
 # envs stepped in parallel while recording (numpy: more only costs memory)
 _RECORD_ENVS = 64
+# structured task steps recorded by record_demos when sft.max_samples is 0 (the CLI's default)
+DEFAULT_STRUCTURED_STEPS = 256
 
 
 class DemoDatasetError(ValueError):
@@ -150,6 +159,93 @@ def structured_demos(env_cfg: EnvConfig, num_samples: int, seed: int) -> dataset
         "success": datasets.Value("bool"),
     })
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+def _tasks_of(env_cfg: EnvConfig) -> list[str]:
+    """The tasks ``env.task`` names: a simulator module's ``resolve_tasks`` (MT10 -> 10 tasks), else itself."""
+    import importlib
+
+    module = importlib.import_module(f"{__package__}.{env_cfg.id}")
+    resolve = getattr(module, "resolve_tasks", None)
+    return list(resolve(env_cfg.task)) if resolve is not None else [env_cfg.task]
+
+
+def record_demos(cfg: TrainConfig, progress: bool = True) -> datasets.Dataset:
+    """Expert demonstrations of ``cfg.env``: ``demos.num_episodes`` episodes per task (successful ones only
+    unless ``demos.keep_failed``), envs seeded from ``demos.seed``; one row per step with ``image``,
+    ``instruction``, ``action`` (the executed continuous action), ``success``, ``episode_index`` (and
+    ``state`` with ``env.state_obs``). ``env.id=structured`` records ``sft.max_samples`` steps instead."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    if cfg.env.id == "structured":
+        return structured_demos(cfg.env, cfg.sft.max_samples or DEFAULT_STRUCTURED_STEPS, cfg.demos.seed)
+    n_episodes = cfg.demos.num_episodes
+    if n_episodes < 1:
+        raise DemoDatasetError(f"need demos.num_episodes >= 1, got {n_episodes}")
+    # the dataset is for a VLA: pictures + instructions whatever the recipe's observation mode
+    base = dataclasses.replace(cfg.env, observation="image", autoreset_mode="same_step")
+    tasks = _tasks_of(base)
+    rows: dict[str, list] = {"image": [], "instruction": [], "action": [], "episode_index": [], "success": []}
+    if base.state_obs:
+        rows["state"] = []
+    kept = failed = 0
+    bar = tqdm(total=len(tasks) * n_episodes, desc="expert demos", unit="episode", disable=not progress)
+    for task in tasks:
+        n_envs = max(1, min(cfg.env.num_envs, n_episodes))
+        env = make_env(dataclasses.replace(base, task=task), n_envs, seed=cfg.demos.seed)
+        if not hasattr(env, "expert_bins"):
+            env.close()
+            raise DemoDatasetError(f"env.id={cfg.env.id!r} has no scripted expert (no expert_bins()); record "
+                                   "demonstrations another way and point sft.dataset at them")
+        low, high = (np.asarray(b, np.float64) for b in env.action_bounds)
+        K = cfg.env.num_bins
+        try:
+            obs, _ = env.reset(seed=cfg.demos.seed)
+            running: list[list[tuple]] = [[] for _ in range(n_envs)]
+            done_here = 0
+            while done_here < n_episodes:
+                bins = np.asarray(env.expert_bins(), np.int64)
+                actions = low + (high - low) * bins / (K - 1)  # what the env executes (its bin grid)
+                for i in range(n_envs):
+                    state = obs["state"][i].copy() if base.state_obs else None
+                    running[i].append((obs["image"][i].copy(), str(obs["instruction"][i]), actions[i], state))
+                obs, _, terminated, truncated, info = env.step(bins)
+                for i in np.flatnonzero(np.asarray(terminated) | np.asarray(truncated)):
+                    steps, running[i] = running[i], []
+                    if done_here == n_episodes:
+                        continue  # episodes beyond the quota, finished on the same step
+                    done_here += 1
+                    bar.update(1)
+                    success = bool(info["success"][i])
+                    failed += not success
+                    if not (success or cfg.demos.keep_failed):
+                        continue
+                    for image, instruction, action, state in steps:
+                        rows["image"].append(image)
+                        rows["instruction"].append(instruction)
+                        rows["action"].append(action.astype(np.float32).tolist())
+                        rows["episode_index"].append(kept)
+                        rows["success"].append(success)
+                        if state is not None:
+                            rows["state"].append(np.asarray(state, np.float32).tolist())
+                    kept += 1
+        finally:
+            env.close()
+    bar.close()
+    if not rows["action"]:
+        raise DemoDatasetError(f"the expert succeeded in none of {failed} episodes of {cfg.env.task!r}; set "
+                               "demos.keep_failed=true to keep them anyway, or raise env.max_episode_steps")
+    features = {
+        "image": datasets.Image(),
+        "instruction": datasets.Value("string"),
+        "action": datasets.List(datasets.Value("float32"), length=cfg.env.action_dims),
+        "episode_index": datasets.Value("int64"),
+        "success": datasets.Value("bool"),
+    }
+    if base.state_obs:
+        features["state"] = datasets.List(datasets.Value("float32"), length=len(rows["state"][0]))
+    return datasets.Dataset.from_dict(rows, features=datasets.Features(features))
 
 
 # -- on disk -----------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Environment ids -> vector env constructors (one dict, no plugin discovery)."""
+"""Environment ids -> vector env constructors (one dispatch on ``cfg.id``, no plugin discovery).
+
+Simulator modules are imported only when their id is asked for, so the structured task needs none of
+their packages installed."""
 
 from __future__ import annotations
 
@@ -23,4 +26,8 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int):
         return StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed, autoreset_mode=cfg.autoreset_mode,
                                        spec_seed=cfg.task_seed, observation=cfg.observation,
                                        image_size=cfg.image_size)
+    if cfg.id == "metaworld":
+        from .metaworld import MetaWorldVectorEnv
+
+        return MetaWorldVectorEnv(cfg, num_envs, seed=seed)
     raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENV_IDS)}")

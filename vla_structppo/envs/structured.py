@@ -141,6 +141,18 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         after_d, after_p = self.potential_parts(err + self.moves(actions))
         return before_d - after_d, before_p - after_p
 
+    @property
+    def action_bounds(self) -> tuple[list[float], list[float]]:
+        """Per-dim bounds of the moves (bin 0 moves by ``-move``, bin K-1 by ``+move``)."""
+        D, move = self.spec.action_dims, self.spec.move
+        return [-move] * D, [move] * D
+
+    def expert_bins(self) -> np.ndarray:
+        """The exact expert's bins ``int [N, D]`` for every env's current state (``demos.expert_bins``)."""
+        from .demos import expert_bins
+
+        return expert_bins(self, self._err, np.maximum(self.spec.horizon - self._t, 1))
+
     # -- gymnasium API ----------------------------------------------------------------------------
     def _draw_goals(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Initial errors on the move grid, within ``goal_reach`` of what the horizon can cover."""

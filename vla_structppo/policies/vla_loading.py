@@ -64,7 +64,12 @@ def _check_files(directory: Path, names: list[str], what: str) -> None:
 def preflight(cfg: TrainConfig) -> VLAFiles:
     """Resolve and check every file of the VLA policy without loading weights."""
     m = cfg.model
-    init = Path(cfg.init_from) if cfg.init_from else None
+    init_from = cfg.init_from
+    if init_from and init_from.startswith("hf://"):  # a pushed run: download it, then check it as a local dir
+        from ..hub import resolve_checkpoint
+
+        init_from = str(resolve_checkpoint(init_from))
+    init = Path(init_from) if init_from else None
     base = m.name_or_path
     if init is not None:
         if not init.is_dir():

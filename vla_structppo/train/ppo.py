@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -111,24 +113,30 @@ def train(cfg: TrainConfig) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.env.num_envs % world:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
+    init_from = cfg.init_from
+    if init_from and init_from.startswith("hf://"):  # a pushed run: fetched into the HF cache, then a local dir
+        from ..hub import resolve_checkpoint
+
+        init_from = str(resolve_checkpoint(init_from))
     if cfg.policy.type == "vla":  # every VLA file checked before any weights load
         from ..policies.vla_loading import preflight
 
         preflight(cfg)
-    if cfg.init_from:
-        ckpt.check_init_from(cfg.init_from)
+    if init_from:
+        ckpt.check_init_from(init_from)
     run_dir, device = cfg.run_dir, accelerator.device
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "command.txt").write_text(shlex.join(["vla-structppo", *sys.argv[1:]]) + "\n")
     accelerator.wait_for_everyone()
 
     set_seed(cfg.seed)  # identical initial weights on every process
     env_seed = cfg.seed * 1_000_003 + rank
     envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
     agent = Agent.from_config(cfg, envs)
-    if cfg.init_from:
-        _init_from(agent, cfg.init_from)
+    if init_from:
+        _init_from(agent, init_from)
     optimizer = torch.optim.Adam(_param_groups(agent, cfg), eps=1e-5)
     agent, optimizer = accelerator.prepare(agent, optimizer)
     core: Agent = accelerator.unwrap_model(agent)

@@ -1,0 +1,184 @@
+"""MetaWorld env: the env contract, rendering, the scripted experts, seeding, async mode, demos, a VLA."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import numpy as np
+import pytest
+
+from vla_structppo.config import EnvConfig, TrainConfig
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(importlib.util.find_spec("metaworld") is None,
+                       reason="metaworld is not installed (bash scripts/setup_metaworld.sh)"),
+]
+
+
+def env_cfg(**kw) -> EnvConfig:
+    base = dict(id="metaworld", task="reach-v3", action_dims=4, num_bins=256, observation="image", image_size=32,
+                max_episode_steps=150, terminate_on_success=True)
+    return EnvConfig(**{**base, **kw})
+
+
+def make(num_envs: int = 2, seed: int = 0, **kw):
+    from vla_structppo.envs import make_env
+
+    return make_env(env_cfg(**kw), num_envs, seed=seed)
+
+
+def test_reset_step_render_follow_the_contract():
+    from gymnasium.vector import AutoresetMode
+
+    env = make(2, image_size=48, state_obs=True, max_episode_steps=3, terminate_on_success=False)
+    try:
+        obs, info = env.reset(seed=3)
+        assert obs["image"].shape == (2, 48, 48, 3) and obs["image"].dtype == np.uint8
+        assert list(obs["instruction"]) == ["reach the goal"] * 2
+        assert obs["state"].shape == (2, 4) and obs["state"].dtype == np.float32
+        assert obs["image"].std() > 10  # a real picture, not a black frame
+        assert env.action_bounds == ([-1.0] * 4, [1.0] * 4)
+        assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+        assert env.single_action_space.nvec.tolist() == [256] * 4
+        bins = np.random.default_rng(0).integers(0, 256, (2, 4))
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = env.step(bins)
+            assert reward.shape == (2,) and info["success"].dtype == bool
+        # the time limit truncates; same-step autoreset: final_obs holds the last picture of all N rows
+        assert truncated.all() and not terminated.any()
+        assert info["_episode"].all() and info["episode_length"].tolist() == [3, 3]
+        assert info["final_obs"]["image"].shape == (2, 48, 48, 3) and info["_final_obs"].all()
+        assert not np.array_equal(info["final_obs"]["image"], obs["image"])  # obs is already the reset one
+        assert env.render().shape == (2, 48, 48, 3)
+    finally:
+        env.close()
+
+
+def test_state_observation_is_the_39d_vector():
+    env = make(2, observation="state")
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (2, 39) and obs.dtype == np.float32
+        obs, *_ = env.step(np.full((2, 4), 128))
+        assert obs.shape == (2, 39)
+    finally:
+        env.close()
+
+
+def test_same_seed_gives_identical_observations_and_seeds_differ_across_envs():
+    runs = []
+    for _ in range(2):
+        env = make(2, observation="image", state_obs=True)
+        obs, _ = env.reset(seed=11)
+        frames = [obs["image"]]
+        for _ in range(5):
+            obs, *_ = env.step(env.expert_bins())
+            frames.append(obs["image"])
+        runs.append(np.stack(frames))
+        env.close()
+    assert np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][:, 0], runs[0][:, 1])  # env i is seeded with seed + i: other goals
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "button-press-topdown-v3", "drawer-open-v3"])
+def test_scripted_expert_through_bins_succeeds(task):
+    env = make(5, task=task, observation="state")
+    try:
+        env.reset(seed=200)
+        ended = np.zeros(5, bool)
+        success = np.zeros(5, bool)
+        for _ in range(150):
+            _, _, _, _, info = env.step(env.expert_bins())
+            if "_episode" in info:
+                first = info["_episode"] & ~ended
+                success[first] = info["success"][first]
+                ended |= info["_episode"]
+            if ended.all():
+                break
+        assert ended.all() and success.sum() >= 4, (task, success)
+    finally:
+        env.close()
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown MetaWorld task 'reach-v9'.*MT10.*drawer-open-v3"):
+        make(1, task="reach-v9")
+
+
+def test_wrong_action_dims_is_refused():
+    with pytest.raises(ValueError, match="env.action_dims=4"):
+        make(1, action_dims=7)
+
+
+def test_mt10_cycles_tasks_with_instructions():
+    env = make(3, task="MT10", observation="state")
+    try:
+        assert env.env_tasks == ["reach-v3", "push-v3", "pick-place-v3"]
+        assert list(env.instructions) == ["reach the goal", "push the puck to the goal",
+                                          "pick up the puck and place it at the goal"]
+        env.reset(seed=0)
+        assert env.expert_bins().shape == (3, 4)
+    finally:
+        env.close()
+
+
+def test_async_matches_sync():
+    results = {}
+    for mode in ("sync", "async"):
+        env = make(2, vector_mode=mode)
+        try:
+            obs, _ = env.reset(seed=5)
+            for _ in range(3):
+                obs, reward, *_ = env.step(env.expert_bins())
+            results[mode] = (obs["image"], reward)
+        finally:
+            env.close()
+    assert np.array_equal(results["sync"][0], results["async"][0])
+    np.testing.assert_allclose(results["sync"][1], results["async"][1])
+
+
+def test_record_demos_keeps_successful_expert_episodes(tmp_path):
+    from vla_structppo.envs.demos import load_demos, record_demos, save_demos
+
+    cfg = TrainConfig()
+    cfg.env = env_cfg(task="button-press-topdown-v3", num_envs=2, state_obs=True)
+    cfg.demos = dataclasses.replace(cfg.demos, num_episodes=2, seed=100)
+    ds = record_demos(cfg, progress=False)
+    assert set(ds.column_names) == {"image", "instruction", "action", "success", "episode_index", "state"}
+    assert sorted(set(ds["episode_index"])) == [0, 1] and all(ds["success"])
+    actions = np.asarray(ds["action"])
+    # the executed actions lie on the 256-bin grid over [-1, 1]
+    np.testing.assert_allclose((actions + 1) / 2 * 255, np.rint((actions + 1) / 2 * 255), atol=1e-4)
+    _, stats = load_demos(save_demos(ds, tmp_path / "demos"))
+    assert stats.action_dims == 4 and stats.count == len(ds)
+
+
+def test_tiny_vla_runs_a_rendered_episode(tmp_path):
+    import torch
+
+    from vla_structppo.config import load_config
+    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+    from vla_structppo.policies.vla_loading import load_vla_policy
+
+    model_dir = save_tiny_vla("llava", tmp_path / "vla")
+    write_action_tokenizer(model_dir, action_dims=4, num_bins=256)
+    cfg = load_config(None, ["policy.type=vla", f"model.name_or_path={model_dir}", "env.id=metaworld",
+                             "env.task=reach-v3", "env.action_dims=4", "env.num_bins=256", "env.observation=image",
+                             "env.max_episode_steps=4", "env.image_size=32"])
+    env = make(2, max_episode_steps=4)
+    try:
+        policy = load_vla_policy(cfg, bounds=env.action_bounds)
+        obs, _ = env.reset(seed=0)
+        for _ in range(4):
+            with torch.no_grad():
+                out = policy.act(policy.prepare(obs))
+            actions = out.actions.numpy()
+            assert actions.shape == (2, 4) and actions.min() >= 0 and actions.max() < 256
+            obs, _, terminated, truncated, info = env.step(actions)
+            if (terminated | truncated).any():
+                break
+        assert "_episode" in info and info["episode_length"].max() <= 4
+    finally:
+        env.close()

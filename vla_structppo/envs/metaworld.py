@@ -1,0 +1,452 @@
+"""MetaWorld (a Sawyer arm, 50 manipulation tasks, MuJoCo) as a vector env of the env contract.
+
+``env.task`` is one MT1 task (``reach-v3``, ``drawer-open-v3`` ...) or a benchmark (``MT10``,
+``MT50``); with several tasks, env ``j`` runs task ``j % n_tasks`` for its whole life. Actions are bins
+``int [N, 4]`` (xyz move of the hand + gripper effort), decoded on the ActionTokenizer grid over the
+simulator's action bounds ``[-1, 1]``. Observations: ``observation=image`` gives ``{"image": uint8
+[N, S, S, 3] upright, "instruction": [N] str}`` (+ ``"state"``: hand xyz and gripper opening, float32
+[N, 4], with ``state_obs``); ``observation=state`` gives MetaWorld's 39-d state (hand, gripper,
+objects, previous frame, goal) as float32 [N, 39], which is what the scripted experts read.
+
+Measured facts this module relies on (docs/environments.md, notes/simulators.md):
+
+* rendering goes through one ``mujoco.Renderer`` per env, not gymnasium's ``MujocoRenderer``: freeing
+  one of gymnasium's viewers (``env.close()`` or garbage collection) makes every later render in the
+  process come out black, while ``mujoco.Renderer`` survives other renderers being closed; it also
+  makes its GL context current before each render, so several envs share one process safely;
+* 4x MSAA, shadows and reflections are off (~10x faster, images still right);
+* the corner cameras come out rotated by 180 degrees and are turned upright;
+* MT1 freezes each env on one of 50 fixed variants; with ``randomize_goals`` the goal / object
+  positions are drawn afresh every episode from the env's own seeded RNG instead;
+* ``AsyncVectorEnv`` hangs under the default ``fork`` once the parent holds a GL context: async mode
+  uses ``forkserver``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from functools import cache, partial
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from ..config import EnvConfig
+
+__all__ = [
+    "ACTION_DIMS",
+    "INSTRUCTIONS",
+    "MetaWorldTaskEnv",
+    "MetaWorldVectorEnv",
+    "RenderingUnavailableError",
+    "STATE_DIMS",
+    "instruction_for",
+    "resolve_tasks",
+]
+
+INSTALL_HINT = 'install it with `bash scripts/setup_metaworld.sh` (or `pip install -e ".[metaworld]"`)'
+APT_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6"
+ACTION_DIMS = 4  # xyz move of the hand + gripper effort
+STATE_DIMS = 39
+PROPRIO_DIMS = 4  # hand xyz + gripper opening: the first 4 entries of the state
+BENCHMARKS = ("MT10", "MT50")
+# cameras whose picture MuJoCo returns upside down (checked by eye at 128 px on drawer-open-v3)
+_ROTATE_180 = frozenset({"corner", "corner2", "corner3", "behindGripper"})
+
+# one sentence per task, in the imperative form VLA prompts use ("What action should the robot take to
+# {instruction}?"); names not listed fall back to the task name as words (instruction_for)
+INSTRUCTIONS: dict[str, str] = {
+    "assembly-v3": "put the ring on the peg",
+    "basketball-v3": "put the ball into the hoop",
+    "bin-picking-v3": "move the cube from one bin to the other",
+    "box-close-v3": "put the lid on the box",
+    "button-press-topdown-v3": "press the button from the top",
+    "button-press-topdown-wall-v3": "press the button behind the wall from the top",
+    "button-press-v3": "press the button",
+    "button-press-wall-v3": "press the button behind the wall",
+    "coffee-button-v3": "press the button of the coffee machine",
+    "coffee-pull-v3": "pull the mug away from the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial",
+    "disassemble-v3": "take the ring off the peg",
+    "door-close-v3": "close the door",
+    "door-lock-v3": "lock the door by turning the lock",
+    "door-open-v3": "open the door",
+    "door-unlock-v3": "unlock the door by turning the lock",
+    "hand-insert-v3": "put the hand into the hole",
+    "drawer-close-v3": "close the drawer",
+    "drawer-open-v3": "open the drawer",
+    "faucet-open-v3": "turn the faucet on",
+    "faucet-close-v3": "turn the faucet off",
+    "hammer-v3": "hammer the nail into the wall",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
+    "pick-out-of-hole-v3": "pick the peg out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "plate-slide-side-v3": "slide the plate into the cabinet from the side",
+    "plate-slide-back-v3": "slide the plate out of the cabinet",
+    "plate-slide-back-side-v3": "slide the plate out of the cabinet to the side",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "peg-unplug-side-v3": "unplug the peg to the side",
+    "soccer-v3": "kick the ball into the goal",
+    "stick-push-v3": "push the bottle with the stick",
+    "stick-pull-v3": "pull the bottle with the stick",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "push-back-v3": "push the puck back to the goal",
+    "reach-v3": "reach the goal",
+    "reach-wall-v3": "reach the goal behind the wall",
+    "shelf-place-v3": "place the puck on the shelf",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
+    "window-open-v3": "open the window",
+    "window-close-v3": "close the window",
+}
+
+
+class RenderingUnavailableError(RuntimeError):
+    """MuJoCo cannot render headless here; the message names MUJOCO_GL and the packages to install."""
+
+
+def instruction_for(task: str) -> str:
+    """The instruction sentence of a MetaWorld task (the task name as words when it has none)."""
+    if task in INSTRUCTIONS:
+        return INSTRUCTIONS[task]
+    name = task.rsplit("-v", 1)[0] if task.rsplit("-v", 1)[-1].isdigit() else task
+    return name.replace("-", " ").replace("_", " ")
+
+
+def _import_metaworld():
+    # MuJoCo picks its GL backend when first imported; EGL renders headless with Mesa's llvmpipe
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import metaworld
+        import metaworld.env_dict  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"env.id=metaworld needs the metaworld package ({err}); {INSTALL_HINT}") from None
+    return metaworld
+
+
+def resolve_tasks(task: str) -> list[str]:
+    """``reach-v3`` -> ``["reach-v3"]``; ``MT10`` / ``MT50`` -> the benchmark's task list."""
+    _import_metaworld()
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
+
+    if task == "MT10":
+        return list(MT10_V3)
+    if task == "MT50":
+        return list(ALL_V3_ENVIRONMENTS)
+    if task in ALL_V3_ENVIRONMENTS:
+        return [task]
+    what = "env.task is empty" if not task else f"unknown MetaWorld task {task!r}"
+    raise ValueError(f"{what}; valid: {', '.join(BENCHMARKS)} or one of {', '.join(ALL_V3_ENVIRONMENTS)}")
+
+
+@cache
+def _fixed_variants(task: str, task_seed: int) -> list:
+    """MT1's 50 fixed variants of ``task`` (drawn once per process; MT1 seeds them with ``task_seed``)."""
+    import metaworld
+
+    return list(metaworld.MT1(task, seed=task_seed).train_tasks)
+
+
+def _encode(actions: np.ndarray, low: np.ndarray, high: np.ndarray, num_bins: int) -> np.ndarray:
+    """Continuous actions -> the nearest bins of the ActionTokenizer grid (K points spanning [low, high])."""
+    x = np.clip(2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0, -1.0, 1.0)
+    return np.rint((x + 1.0) * 0.5 * (num_bins - 1)).astype(np.int64)
+
+
+def _decode(bins: np.ndarray, low: np.ndarray, high: np.ndarray, num_bins: int) -> np.ndarray:
+    """Bins -> continuous actions (``ActionTokenizer.decode``: bin k is ``low + (high - low) k / (K - 1)``)."""
+    return low + (high - low) * np.asarray(bins, np.float64) / (num_bins - 1)
+
+
+class MetaWorldTaskEnv(gym.Env):
+    """One MetaWorld task in one process: continuous actions, its own time limit and success flag.
+
+    Observation: the 39-d state (float32), or ``{"image", "state"}`` when ``render_images``. ``info``:
+    ``success`` (the episode has succeeded at this step or before) and, on the last step,
+    ``episode_return`` / ``episode_length``. A worker of :class:`MetaWorldVectorEnv`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: str, *, camera: str = "corner2", image_size: int = 64, max_episode_steps: int = 150,
+                 terminate_on_success: bool = False, randomize_goals: bool = True, render_images: bool = True,
+                 task_seed: int = 0, seed: int | None = None) -> None:
+        _import_metaworld()
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
+        from metaworld.policies import ENV_POLICY_MAP
+        from metaworld.types import Task
+
+        if task not in ALL_V3_ENVIRONMENTS:
+            resolve_tasks(task)  # raises with the valid names
+        self.task, self.camera, self.image_size = task, camera, image_size
+        self.max_episode_steps, self.terminate_on_success = max_episode_steps, terminate_on_success
+        self.randomize_goals, self.render_images, self.task_seed = randomize_goals, render_images, task_seed
+        cls = ALL_V3_ENVIRONMENTS[task]
+        # no render_mode: rendering uses a mujoco.Renderer of our own (see the module doc)
+        raw = cls()
+        # the raw env refuses to step past its 500-step benchmark limit; the time limit is ours
+        raw.max_path_length = max(cls.max_path_length, max_episode_steps + 1)
+        if randomize_goals:
+            # a task with the goal observable (MT1's override), then unfrozen: each reset draws a fresh
+            # goal / object position from the env's seeded RNG (raw.seed) instead of a fixed variant
+            kwargs = {k: v for k, v in ML1_ARGS_KWARGS[task]["kwargs"].items() if k != "task_id"}
+            space = raw._random_reset_space
+            data = dict(kwargs, rand_vec=(space.low + space.high) / 2, env_cls=cls, partially_observable=False)
+            raw.set_task(Task(env_name=task, data=pickle.dumps(data)))
+            raw._freeze_rand_vec = False
+            raw.seeded_rand_vec = True
+            self._variants: list = []
+        else:
+            self._variants = _fixed_variants(task, task_seed)
+            raw.set_task(self._variants[0])
+        self._raw = raw
+        self._expert = ENV_POLICY_MAP[task]()
+        low, high = raw.action_space.low.astype(np.float32), raw.action_space.high.astype(np.float32)
+        self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
+        state_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIMS,), np.float32)
+        self._check_camera()  # render() also serves state mode (videos)
+        if render_images:
+            self.observation_space = gym.spaces.Dict({
+                "image": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8), "state": state_space})
+        else:
+            self.observation_space = state_space
+        self._renderer = None
+        self._rng = np.random.default_rng(seed)
+        if seed is not None:
+            raw.seed(seed)
+        self._state = np.zeros(STATE_DIMS)
+        self._t, self._return, self._succeeded = 0, 0.0, False
+
+    def _check_camera(self) -> None:
+        import mujoco
+
+        model = self._raw.model
+        if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera) < 0:
+            names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+            raise ValueError(f"MetaWorld has no camera {self.camera!r}; env.camera must be one of {names}")
+
+    # -- gymnasium API --------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._raw.seed(seed)
+            self._rng = np.random.default_rng(seed)
+        if self._variants:
+            self._raw.set_task(self._variants[int(self._rng.integers(len(self._variants)))])
+        state, _ = self._raw.reset()
+        self._state = state
+        self._t, self._return, self._succeeded = 0, 0.0, False
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        low, high = self.action_space.low, self.action_space.high
+        a = np.clip(np.asarray(action, np.float32), low, high)
+        state, reward, _, _, raw_info = self._raw.step(a)
+        self._state = state
+        self._t += 1
+        self._return += float(reward)
+        self._succeeded |= bool(raw_info["success"])
+        terminated = self._succeeded and self.terminate_on_success
+        truncated = not terminated and self._t >= self.max_episode_steps
+        info: dict[str, Any] = {"success": self._succeeded}
+        if terminated or truncated:
+            info["episode_return"] = self._return
+            info["episode_length"] = self._t
+        return self._obs(), float(reward), terminated, truncated, info
+
+    def _obs(self):
+        state = self._state.astype(np.float32)
+        if not self.render_images:
+            return state
+        return {"image": self.render(), "state": state}
+
+    def render(self) -> np.ndarray:
+        """The camera's upright picture ``uint8 [S, S, 3]``."""
+        if self._renderer is None:
+            self._renderer = self._make_renderer()
+        self._renderer.update_scene(self._raw.data, camera=self.camera)
+        img = self._renderer.render()
+        if self.camera in _ROTATE_180:
+            img = img[::-1, ::-1]
+        return np.ascontiguousarray(img)
+
+    def _make_renderer(self):
+        import mujoco
+
+        model = self._raw.model
+        model.vis.quality.offsamples = 0  # no MSAA: must be set before the GL context exists
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.image_size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.image_size)
+        try:
+            renderer = mujoco.Renderer(model, self.image_size, self.image_size)
+        except Exception as err:  # FatalError, ImportError, RuntimeError depending on the GL backend
+            gl = os.environ.get("MUJOCO_GL", "<unset>")
+            raise RenderingUnavailableError(
+                f"rendering unavailable: MuJoCo could not open a headless GL context with MUJOCO_GL={gl} "
+                f"({type(err).__name__}: {err}). Set MUJOCO_GL=egl (or osmesa) and install the Mesa libraries: "
+                f"apt-get install -y --no-install-recommends {APT_PACKAGES} (or bash scripts/setup_metaworld.sh)"
+            ) from None
+        # shadows and reflections cost several times the rest of the frame on a CPU rasteriser
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return renderer
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's (``metaworld.policies``) continuous action for the current state."""
+        with warnings.catch_warnings():
+            # the experts' proportional gains saturate by design; metaworld warns about it on every call
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            a = self._expert.get_action(self._state)
+        return np.clip(np.asarray(a, np.float64), self.action_space.low, self.action_space.high)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
+
+
+def _make_task_env(task: str, seed: int, **kwargs: Any) -> MetaWorldTaskEnv:
+    """Module-level (picklable) constructor for the async workers."""
+    return MetaWorldTaskEnv(task, seed=seed, **kwargs)
+
+
+class MetaWorldVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` MetaWorld envs behind the env contract (bins in, image + instruction or state out).
+
+    ``vector_mode="sync"`` steps them one after another in this process (each keeps its renderer);
+    ``"async"`` runs one per worker process (``AsyncVectorEnv``, ``forkserver``). ``reset(seed=s)``
+    seeds env i with ``s + i``; later episodes come from each env's own RNG. ``env_tasks[j]`` is the task
+    of env j; ``tasks`` the distinct ones in benchmark order.
+    """
+
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int | None = None) -> None:
+        if cfg.action_dims != ACTION_DIMS:
+            raise ValueError(f"MetaWorld actions have {ACTION_DIMS} dims (hand xyz move + gripper); set "
+                             f"env.action_dims={ACTION_DIMS}, got {cfg.action_dims}")
+        if cfg.observation not in ("state", "image"):
+            raise ValueError(f"env.observation must be 'state' or 'image', got {cfg.observation!r}")
+        if cfg.vector_mode not in ("sync", "async"):
+            raise ValueError(f"env.vector_mode must be 'sync' or 'async', got {cfg.vector_mode!r}")
+        if cfg.autoreset_mode != "same_step":
+            raise ValueError(f"MetaWorld runs with env.autoreset_mode=same_step only, got {cfg.autoreset_mode!r}")
+        if cfg.max_episode_steps < 1:
+            raise ValueError(f"env.max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
+        self.cfg = cfg
+        self.num_envs = num_envs
+        self.tasks = resolve_tasks(cfg.task)
+        self.env_tasks = [self.tasks[j % len(self.tasks)] for j in range(num_envs)]
+        self.instructions = np.array([instruction_for(t) for t in self.env_tasks])
+        self.observation_mode, self.state_obs = cfg.observation, cfg.state_obs
+        images = cfg.observation == "image"
+        base = 0 if seed is None else seed
+        fns = [partial(_make_task_env, task, base + j, camera=cfg.camera, image_size=cfg.image_size,
+                       max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
+                       randomize_goals=cfg.randomize_goals, render_images=images, task_seed=cfg.task_seed)
+               for j, task in enumerate(self.env_tasks)]
+        if cfg.vector_mode == "sync":
+            self._inner = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        else:
+            self._inner = gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=AutoresetMode.SAME_STEP)
+        self._low = np.asarray(self._inner.single_action_space.low, np.float64)
+        self._high = np.asarray(self._inner.single_action_space.high, np.float64)
+        K = cfg.num_bins
+        self.single_action_space = gym.spaces.MultiDiscrete([K] * ACTION_DIMS)
+        self.action_space = gym.spaces.MultiDiscrete(np.full((num_envs, ACTION_DIMS), K))
+        S = cfg.image_size
+        if images:
+            text = gym.spaces.Text(max_length=256)
+            single = {"image": gym.spaces.Box(0, 255, (S, S, 3), np.uint8), "instruction": text}
+            batch = {"image": gym.spaces.Box(0, 255, (num_envs, S, S, 3), np.uint8),
+                     "instruction": gym.spaces.Tuple([text] * num_envs)}
+            if cfg.state_obs:
+                single["state"] = gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIMS,), np.float32)
+                batch["state"] = gym.spaces.Box(-np.inf, np.inf, (num_envs, PROPRIO_DIMS), np.float32)
+            self.single_observation_space = gym.spaces.Dict(single)
+            self.observation_space = gym.spaces.Dict(batch)
+        else:
+            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIMS,), np.float32)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, STATE_DIMS), np.float32)
+        self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    # -- actions --------------------------------------------------------------------------------------
+    @property
+    def action_bounds(self) -> tuple[list[float], list[float]]:
+        """The simulator's per-dim action bounds (the bins' grid spans them)."""
+        return self._low.tolist(), self._high.tolist()
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """Bins ``[..., 4]`` -> the continuous actions the simulator executes."""
+        return _decode(bins, self._low, self._high, self.cfg.num_bins)
+
+    def expert_bins(self) -> np.ndarray:
+        """The scripted expert's action for every env's current state, as the nearest bins ``int [N, 4]``."""
+        actions = np.stack(self._inner.call("expert_action"))
+        return _encode(actions, self._low, self._high, self.cfg.num_bins)
+
+    # -- gymnasium API --------------------------------------------------------------------------------
+    def _wrap(self, obs):
+        """The inner envs' stacked observations -> the contract's layout."""
+        if self.observation_mode == "state":
+            return np.asarray(obs, np.float32)
+        out = {"image": np.asarray(obs["image"], np.uint8), "instruction": self.instructions.copy()}
+        if self.state_obs:
+            out["state"] = np.asarray(obs["state"][:, :PROPRIO_DIMS], np.float32)
+        return out
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, _ = self._inner.reset(seed=seed)
+        return self._wrap(obs), {"success": np.zeros(self.num_envs, dtype=bool)}
+
+    def step(self, actions):
+        bins = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, ACTION_DIMS)
+        if bins.min() < 0 or bins.max() >= self.cfg.num_bins:
+            raise ValueError(f"action bins must lie in 0..{self.cfg.num_bins - 1}")
+        obs, reward, terminated, truncated, inner_info = self._inner.step(self.decode(bins).astype(np.float32))
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        done = terminated | truncated
+        out = self._wrap(obs)
+        # same-step autoreset: on a done row the inner info is the reset's, the step's is in final_info
+        success = np.asarray(inner_info["success"], bool).copy()
+        info: dict[str, Any] = {"success": success}
+        if done.any():
+            final = inner_info["final_info"]
+            success[done] = np.asarray(final["success"], bool)[done]
+            info["episode_return"] = np.where(done, np.asarray(final["episode_return"], np.float64), 0.0)
+            info["episode_length"] = np.where(done, np.asarray(final["episode_length"], np.int64), 0)
+            info["_episode"] = done.copy()
+            info["final_obs"] = self._final_obs(out, inner_info["final_obs"], done)
+            info["_final_obs"] = done.copy()
+        return out, np.asarray(reward, np.float64), terminated, truncated, info
+
+    def _final_obs(self, current, finals: np.ndarray, done: np.ndarray):
+        """All N rows: the last observation of the episodes that ended, the current one elsewhere."""
+        rows = np.flatnonzero(done)
+        if self.observation_mode == "state":
+            out = current.copy()
+            for i in rows:
+                out[i] = np.asarray(finals[i], np.float32)
+            return out
+        out = {k: v.copy() for k, v in current.items()}
+        for i in rows:
+            out["image"][i] = finals[i]["image"]
+            if self.state_obs:
+                out["state"][i] = np.asarray(finals[i]["state"][:PROPRIO_DIMS], np.float32)
+        return out
+
+    def render(self) -> np.ndarray:
+        """Every env's current picture ``uint8 [N, S, S, 3]`` (for videos, whatever the observation mode)."""
+        return np.stack(self._inner.call("render"))
+
+    def close(self, **kwargs: Any) -> None:
+        self._inner.close(**kwargs)
