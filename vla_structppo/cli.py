@@ -6,6 +6,7 @@ Config errors surface before torch, transformers or a simulator is imported.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import NoReturn
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     from .train.ppo import train
 
     try:
-        result = train(cfg)
+        result = train(cfg, command=shlex.join(["vla-structppo", *(sys.argv[1:] if argv is None else argv)]))
     except _user_errors() as err:
         _fail(err)
     from accelerate import PartialState

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import shlex
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -106,8 +104,9 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
 
 
 # -- the loop --------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run PPO with the structured advantage as configured; returns the run dir, agent and metrics."""
+def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
+    """Run PPO with the structured advantage as configured; returns the run dir, agent and metrics.
+    ``command``: the command line that started the run (the CLI passes it; saved as ``command.txt``)."""
     cfg.validate()
     accelerator = _make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -128,7 +127,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        (run_dir / "command.txt").write_text(shlex.join(["vla-structppo", *sys.argv[1:]]) + "\n")
+        if command:  # how the run was started, for the model card's "reproduce" line
+            (run_dir / "command.txt").write_text(command + "\n")
     accelerator.wait_for_everyone()
 
     set_seed(cfg.seed)  # identical initial weights on every process
