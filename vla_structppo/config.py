@@ -112,7 +112,7 @@ class EnvConfig:
     camera: str = "corner2"
     """Simulator camera rendered into the image observation."""
     max_episode_steps: int = 150
-    """Simulator episodes are truncated after this many steps."""
+    """Simulator episodes are truncated after this many steps (LIBERO evaluations use 220-520, PickCube 50-100)."""
     vector_mode: str = "sync"
     """Simulator vector env: ``sync`` (one process) or ``async`` (worker processes, forkserver)."""
     randomize_goals: bool = True

@@ -30,4 +30,12 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int):
         from .metaworld import MetaWorldVectorEnv
 
         return MetaWorldVectorEnv(cfg, num_envs, seed=seed)
+    if cfg.id == "libero":
+        from .libero import make_libero_env
+
+        return make_libero_env(cfg, num_envs, seed)
+    if cfg.id == "maniskill":
+        from .maniskill import make_maniskill_env
+
+        return make_maniskill_env(cfg, num_envs, seed)
     raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENV_IDS)}")
