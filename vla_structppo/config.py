@@ -117,6 +117,9 @@ class EnvConfig:
     """Simulator vector env: ``sync`` (one process) or ``async`` (worker processes, forkserver)."""
     randomize_goals: bool = True
     """MetaWorld: a fresh random goal / object position every episode (off: the benchmark's 50 fixed variants)."""
+    reward: str = "dense"
+    """Simulators: ``dense`` (the benchmark's shaped reward) or ``success`` (1 on the step the task succeeds,
+    0 otherwise; with terminate_on_success, the sparse reward VLA-RL systems train on)."""
     state_obs: bool = False
     """Add the robot's proprioceptive state to the observation (``obs["state"]``)."""
     observation: str = "state"
@@ -178,7 +181,8 @@ class ModelConfig:
     prompt: str = "In: What action should the robot take to {instruction}?\nOut:"
     """Prompt template; ``{instruction}`` is the env's instruction."""
     rollout_temperature: float = 1.0
-    """Sampling temperature of rollouts (log-probs are of the untempered policy)."""
+    """Temperature of the policy PPO trains: bin logits are divided by it in rollouts AND in the update, so
+    the importance ratio is exact (evaluation is greedy or uses ``eval.temperature``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on big models)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -388,6 +392,7 @@ class TrainConfig:
         choice("policy.type", self.policy.type, POLICY_TYPES)
         choice("env.observation", self.env.observation, OBSERVATIONS)
         choice("env.vector_mode", self.env.vector_mode, VECTOR_MODES)
+        choice("env.reward", self.env.reward, ("dense", "success"))
         if self.env.id != "structured" and not self.env.task:
             problems.append(f"env.id={self.env.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1)")
         for key, value, low in (("eval.num_episodes", self.eval.num_episodes, 1), ("eval.num_envs", self.eval.num_envs, 1),

@@ -181,7 +181,7 @@ class MetaWorldTaskEnv(gym.Env):
 
     def __init__(self, task: str, *, camera: str = "corner2", image_size: int = 64, max_episode_steps: int = 150,
                  terminate_on_success: bool = False, randomize_goals: bool = True, render_images: bool = True,
-                 task_seed: int = 0, seed: int | None = None) -> None:
+                 task_seed: int = 0, seed: int | None = None, reward: str = "dense") -> None:
         _import_metaworld()
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
         from metaworld.policies import ENV_POLICY_MAP
@@ -189,7 +189,7 @@ class MetaWorldTaskEnv(gym.Env):
 
         if task not in ALL_V3_ENVIRONMENTS:
             resolve_tasks(task)  # raises with the valid names
-        self.task, self.camera, self.image_size = task, camera, image_size
+        self.task, self.camera, self.image_size, self.reward_mode = task, camera, image_size, reward
         self.max_episode_steps, self.terminate_on_success = max_episode_steps, terminate_on_success
         self.randomize_goals, self.render_images, self.task_seed = randomize_goals, render_images, task_seed
         cls = ALL_V3_ENVIRONMENTS[task]
@@ -252,10 +252,15 @@ class MetaWorldTaskEnv(gym.Env):
         low, high = self.action_space.low, self.action_space.high
         a = np.clip(np.asarray(action, np.float32), low, high)
         state, reward, _, _, raw_info = self._raw.step(a)
+        raw_reward = reward
         self._state = state
         self._t += 1
         self._return += float(reward)
+        newly = bool(raw_info["success"]) and not self._succeeded
         self._succeeded |= bool(raw_info["success"])
+        if self.reward_mode == "success":  # sparse: 1 on the step the task is first solved
+            reward = 1.0 if newly else 0.0
+            self._return += float(reward) - float(raw_reward)
         terminated = self._succeeded and self.terminate_on_success
         truncated = not terminated and self._t >= self.max_episode_steps
         info: dict[str, Any] = {"success": self._succeeded}
@@ -352,6 +357,7 @@ class MetaWorldVectorEnv(gym.vector.VectorEnv):
         base = 0 if seed is None else seed
         fns = [partial(_make_task_env, task, base + j, camera=cfg.camera, image_size=cfg.image_size,
                        max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
+                       reward=cfg.reward,
                        randomize_goals=cfg.randomize_goals, render_images=images, task_seed=cfg.task_seed)
                for j, task in enumerate(self.env_tasks)]
         if cfg.vector_mode == "sync":

@@ -52,6 +52,8 @@ class VLAPolicy(nn.Module):
         self.arch = arch
         self.prompt = prompt
         self.feature_layer = feature_layer
+        # the policy's own temperature (PPO's rollout temperature): part of pi in act AND evaluate
+        self.temperature = 1.0
         self.action_dims = action_tokenizer.action_dims
         self.num_bins = action_tokenizer.num_bins
         text_cfg = self.base_model.config.get_text_config()
@@ -191,7 +193,7 @@ class VLAPolicy(nn.Module):
         cap = getattr(self.base_model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:  # Gemma2 (PaliGemma2) squashes its logits; the restricted softmax must see the same ones
             logits = torch.tanh(logits / cap) * cap
-        return logits.float()
+        return logits.float() / self.temperature
 
     # -- the protocol -------------------------------------------------------------------------
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -143,7 +143,8 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     set_seed(cfg.seed + rank)  # each process samples its own actions and minibatches
     obs, _ = envs.reset(seed=env_seed)
     state = RolloutState(obs if isinstance(obs, dict) else np.asarray(obs), np.zeros(envs.num_envs, bool))
-    temperature = cfg.model.rollout_temperature if cfg.policy.type == "vla" else 1.0
+    if cfg.policy.type == "vla":
+        core.policy.temperature = cfg.model.rollout_temperature
     counters = {"update": 0, "global_step": 0, "nan_streak": 0}
     if cfg.resume:
         counters = _load_checkpoint(cfg.resume, accelerator, core, optimizer, envs, state)
@@ -160,7 +161,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
 
         # 1. rollout (no grad), 2. GAE with termination / truncation / autoreset kept apart
         agent.eval()
-        rollout = collect_rollout(core, envs, state, cfg.ppo.num_steps, device, temperature=temperature)
+        rollout = collect_rollout(core, envs, state, cfg.ppo.num_steps, device)
         agent.train()
         counters["global_step"] += cfg.batch_size
         t_rollout = time.perf_counter()

@@ -89,13 +89,8 @@ def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -
 
 
 @torch.no_grad()
-def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device,
-                    temperature: float = 1.0) -> Rollout:
-    """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place.
-
-    ``temperature`` only changes which actions are sampled; the recorded log-probs are those of the
-    untempered policy, which the update recomputes (a tempered behaviour policy is a known, small
-    off-policyness the clipped ratio absorbs)."""
+def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device) -> Rollout:
+    """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place."""
     next_step = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
     T, N = num_steps, envs.num_envs
     buf: dict[str, list] = {k: [] for k in ("obs", "actions", "logp", "bin_probs", "features", "values", "rewards",
@@ -104,7 +99,7 @@ def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, dev
     policy = agent.policy
     for _ in range(T):
         obs_t = policy.prepare(state.obs)
-        out = policy.act(obs_t, temperature=temperature)
+        out = policy.act(obs_t)
         value = agent.value_head(out.features).float()
         next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
