@@ -550,7 +550,18 @@ def load_config(recipe: str | os.PathLike | None = None, overrides: list[str] | 
             raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys, got {type(data).__name__}")
         _check_keys(data, TrainConfig, "", str(path))
         merged = _merge(merged, data, str(path))
-    for item in overrides or []:
+    merged = _merge_overrides(merged, overrides or [], "")
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"incomplete config: {str(err).splitlines()[0]}") from None
+    return cfg.validate()
+
+
+def _merge_overrides(merged: DictConfig, overrides: list[str] | tuple[str, ...], source: str) -> DictConfig:
+    """``key.sub=value`` items merged strictly: unknown keys name the nearest valid one."""
+    prefix = f"{source} " if source else ""
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, _ = item.split("=", 1)
@@ -558,13 +569,16 @@ def load_config(recipe: str | os.PathLike | None = None, overrides: list[str] | 
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
             raise ConfigError(f"override {item!r}: {err}") from None
-        _check_keys(dot, TrainConfig, "", f"override {key}")
-        merged = _merge(merged, dot, f"override {item!r}")
-    try:
-        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"incomplete config: {str(err).splitlines()[0]}") from None
-    return cfg.validate()
+        _check_keys(dot, TrainConfig, "", f"{prefix}override {key}")
+        merged = _merge(merged, dot, f"{prefix}override {item!r}")
+    return merged
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...], source: str = "") -> TrainConfig:
+    """``key.sub=value`` overrides on an existing config (e.g. a checkpoint's), validated."""
+    if not overrides:
+        return cfg
+    return OmegaConf.to_object(_merge_overrides(OmegaConf.structured(cfg), overrides, source)).validate()  # type: ignore[union-attr]
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .config import ConfigError, EnvConfig, TrainConfig, config_from_yaml_text
+from .config import ConfigError, EnvConfig, TrainConfig, apply_overrides, config_from_yaml_text
 from .train.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
@@ -146,28 +146,6 @@ def run_dir_of(checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def _apply_overrides(cfg: TrainConfig, overrides: Sequence[str], source: str) -> TrainConfig:
-    """``a.b=c`` overrides on an existing config, checked like the CLI's (unknown keys name the nearest)."""
-    if not overrides:
-        return cfg
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .config import _check_keys, _merge
-
-    merged = OmegaConf.structured(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        try:
-            dot = OmegaConf.from_dotlist([item])
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"override {item!r}: {err}") from None
-        _check_keys(dot, TrainConfig, "", f"{source} override {item.split('=', 1)[0]}")
-        merged = _merge(merged, dot, f"{source} override {item!r}")
-    return OmegaConf.to_object(merged).validate()  # type: ignore[union-attr]
-
-
 def _base_model(cfg: TrainConfig) -> str | None:
     """The base VLA a checkpoint's adapter belongs to: its ``model.name_or_path``, else that of the
     checkpoint it was initialised from (a PPO run started from an SFT checkpoint may name neither)."""
@@ -196,7 +174,7 @@ def load_agent(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> 
 
     where = find_eval_checkpoint(checkpoint)
     cfg = config_from_yaml_text((where / "config.yaml").read_text())
-    cfg = _apply_overrides(cfg, overrides, str(where / "config.yaml"))
+    cfg = apply_overrides(cfg, list(overrides), str(where / "config.yaml"))
     cfg.resume = None
     is_vla = cfg.policy.type == "vla"
     if is_vla:

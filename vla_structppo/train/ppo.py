@@ -7,7 +7,6 @@ gradients by hand (it runs outside the DDP forward).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -36,6 +35,7 @@ from ..envs import make_env
 from ..policies.base import select_batch
 from . import checkpoint as ckpt
 from .agent import Agent
+from .metrics_log import MetricsLog
 from .rollout import Rollout, RolloutState, collect_rollout
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train"]
@@ -149,7 +149,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     if cfg.resume:
         counters = _load_checkpoint(cfg.resume, accelerator, core, optimizer, envs, state)
 
-    history = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, keep_until=counters["update"])
+    history = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, keep_until=counters["update"])
     if cfg.logging.tensorboard:
         accelerator.init_trackers("tb")
     pbar = _progress(cfg, accelerator, counters["update"])
@@ -435,25 +435,6 @@ def _plot(head_out, run_dir: Path, update: int, step: int, accelerator: Accelera
                         title=f"{cfg.name}: update {update} ({cfg.credit.mode})")
     if cfg.logging.tensorboard:
         accelerator.get_tracker("tensorboard").log_images({"credit/plot": image}, step=step, dataformats="HWC")
-
-
-class _MetricsLog:
-    """``metrics.jsonl`` (one line per logged update); on resume, lines after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, main: bool, keep_until: int) -> None:
-        self.path, self.main, self.records = path, main, []
-        if main and path.exists():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in kept if r.get("charts/update", 0) <= keep_until]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        elif main:
-            path.write_text("")
-
-    def append(self, metrics: dict[str, float]) -> None:
-        self.records.append(dict(metrics))
-        if self.main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
 
 
 def _progress(cfg: TrainConfig, accelerator: Accelerator, initial: int):

@@ -12,7 +12,6 @@ the ``argmax`` this loss pushes up.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -30,6 +29,7 @@ from ..config import ConfigError, TrainConfig, to_yaml
 from ..envs.demos import ActionStats, DemoDatasetError, action_array, load_demos
 from ..policies.base import EvalOutput, select_batch
 from . import checkpoint as ckpt
+from .metrics_log import MetricsLog
 
 __all__ = ["SFTResult", "sft"]
 
@@ -128,7 +128,7 @@ def sft(cfg: TrainConfig) -> SFTResult:
     generator = torch.Generator().manual_seed(cfg.seed)
     N, B = len(bins), cfg.sft.batch_size
     steps_per_epoch = (N + B - 1) // B
-    log = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)  # SFT does not resume
     if cfg.logging.tensorboard:
         accelerator.init_trackers("tb")
     from tqdm.auto import tqdm
@@ -255,25 +255,6 @@ def _evaluate(policy: Any, inputs: dict[str, torch.Tensor], bins: torch.Tensor, 
         sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
     n = max(sums[2].item(), 1.0)
     return {"sft/final_token_accuracy": sums[0].item() / n, "sft/final_l1": sums[1].item() / n}
-
-
-class _MetricsLog:
-    """``metrics.jsonl``, one line per epoch (a fresh file per run: SFT does not resume)."""
-
-    def __init__(self, path: Path, main: bool) -> None:
-        self.path, self.main, self.records = path, main, []
-        if main:
-            path.write_text("")
-
-    def append(self, metrics: dict[str, float]) -> None:
-        self.records.append(dict(metrics))
-        if self.main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-
-    def rewrite(self) -> None:
-        if self.main:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
 
 def _save(accelerator: Accelerator, policy: Any, cfg: TrainConfig, step: int) -> Path:
