@@ -15,8 +15,8 @@ on the grid of LIBERO's OSC_POSE bounds ``[-1, 1]^7`` (xyz, axis-angle rotation,
 +1 close). Reward is 1 on a success step (LIBERO's own sparse reward); ``info["success"]`` is
 ``env.check_success()``.
 
-LIBERO ships no scripted expert (its demonstrations are a dataset download), so ``expert_bins()``
-raises. The simulator lives in its own venv: ``bash scripts/setup_libero.sh`` (see
+LIBERO ships no scripted expert (its demonstrations are a dataset download), so its envs have no
+``expert_bins()``. The simulator lives in its own venv: ``bash scripts/setup_libero.sh`` (see
 docs/environments.md). This module also holds ``BinnedSimVectorEnv``, the vector wrapper shared with
 the ManiSkill3 adapter (bins in, the env contract's obs / info layout out).
 """
@@ -65,11 +65,16 @@ class BinnedSimVectorEnv(gym.vector.VectorWrapper):
     into an array of str, rebuilds ``info["final_obs"]`` in the batched dict layout (all N rows; rows
     that are not done hold the current obs), keeps ``success`` of the done step (gymnasium reports the
     reset's info there) and tracks ``episode_return`` / ``episode_length`` / ``_episode``.
+
+    ``has_expert``: the single envs have a scripted expert; only then does the wrapper expose
+    ``expert_bins()`` (demos and eval test for it with ``hasattr`` and say what to do instead).
     """
 
     def __init__(self, env: gym.vector.VectorEnv, bounds: tuple[list[float], list[float]],
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, *, has_expert: bool) -> None:
         super().__init__(env)
+        if has_expert:
+            self.expert_bins = self._expert_bins
         self._bounds = bounds
         self._first_seed = seed  # the first reset without a seed uses the constructor's
         self.metadata = dict(env.metadata)
@@ -136,7 +141,7 @@ class BinnedSimVectorEnv(gym.vector.VectorWrapper):
             self._ep_length[done] = 0
         return obs, np.asarray(reward, dtype=np.float64), np.asarray(terminated), np.asarray(truncated), out
 
-    def expert_bins(self) -> np.ndarray:
+    def _expert_bins(self) -> np.ndarray:
         """The scripted expert's bins ``[N, D]`` for the current state of every env."""
         return np.stack([np.asarray(b, dtype=np.int64) for b in self.env.call("expert_bins")])
 
@@ -289,12 +294,6 @@ class LiberoTaskEnv(gym.Env):
         truncated = not terminated and self._t >= self.max_episode_steps
         return self._obs(), float(success), terminated, truncated, {"success": success}
 
-    def expert_bins(self) -> np.ndarray:
-        raise NotImplementedError(
-            "LIBERO ships no scripted expert: its demonstrations come from the LIBERO datasets "
-            "(libero_spatial / object / goal / 10 / 90 hdf5 files, or their LeRobot / RLDS conversions); "
-            "build SFT demos from those instead of env.expert_bins()")
-
     def render(self) -> np.ndarray:
         return np.ascontiguousarray(self._raw["agentview_image"][::-1, ::-1])
 
@@ -328,4 +327,5 @@ def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> BinnedSimVector
             terminate_on_success=cfg.terminate_on_success, observation=cfg.observation, state_obs=cfg.state_obs,
             init_slot=j // n_tasks, init_stride=stride))
     venv = make_vector(factories, cfg.vector_mode)
-    return BinnedSimVectorEnv(venv, LIBERO_ACTION_BOUNDS, seed=seed)
+    # no scripted expert: LIBERO's demonstrations are its datasets (hdf5, or LeRobot / RLDS conversions)
+    return BinnedSimVectorEnv(venv, LIBERO_ACTION_BOUNDS, seed=seed, has_expert=False)

@@ -240,4 +240,4 @@ def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int) -> BinnedSimVec
         num_bins=cfg.num_bins, terminate_on_success=cfg.terminate_on_success, observation=cfg.observation,
         state_obs=cfg.state_obs)
     return BinnedSimVectorEnv(make_vector([factory] * num_envs, cfg.vector_mode), MANISKILL_ACTION_BOUNDS,
-                              seed=seed)
+                              seed=seed, has_expert=True)

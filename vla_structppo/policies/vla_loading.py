@@ -7,7 +7,6 @@ bins, action dims that do not match the env, or a checkpoint missing a file, *be
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +271,3 @@ def load_policy_weights(policy, directory: Path) -> None:
 
         loaded = AutoModelForImageTextToText.from_pretrained(str(directory), dtype=policy.base_model.dtype)
         policy.base_model.load_state_dict(loaded.state_dict(), strict=True)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
