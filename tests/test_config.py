@@ -67,6 +67,12 @@ def test_missing_recipe_file():
     (["env.dim_weights=[1, 2]"], "dim_weights"),
     (["env.num_envs=10", "ppo.num_steps=1", "ppo.num_minibatches=4"], "not divisible"),
     (["ppo.learning_rate=0"], "learning_rate"),
+    (["env.action_repeat=3"], "env.action_repeat=3 is implemented for env.id=metaworld only"),
+    (["env.mesh_lod=0.04"], "env.mesh_lod=0.04 is implemented for env.id=metaworld only"),
+    (["env.id=metaworld", "env.task=reach-v3", "env.mesh_lod=1.5"], r"env.mesh_lod must lie in \[0, 1\)"),
+    (["env.id=metaworld", "env.task=reach-v3", "env.action_repeat=0"], "env.action_repeat must be >= 1"),
+    (["ppo.reward_scale=0"], "ppo.reward_scale must be > 0"),
+    (["ppo.critic_warmup_updates=-1"], "ppo.critic_warmup_updates must be >= 0"),
 ])
 def test_impossible_combinations(overrides, message):
     with pytest.raises(ConfigError, match=message):

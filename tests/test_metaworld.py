@@ -182,3 +182,94 @@ def test_tiny_vla_runs_a_rendered_episode(tmp_path):
         assert "_episode" in info and info["episode_length"].max() <= 4
     finally:
         env.close()
+
+
+def test_mesh_lod_renders_fewer_triangles_with_identical_physics():
+    """env.mesh_lod simplifies meshes for rendering only: the state trajectory is bit-identical, the
+    picture nearly so, and the renderer draws far fewer triangles."""
+    runs = {}
+    for lod in (0.0, 0.04):
+        env = make(1, task="drawer-open-v3", mesh_lod=lod, image_size=64, state_obs=True)
+        try:
+            obs, _ = env.reset(seed=7)
+            states, images = [], [obs["image"]]
+            for _ in range(25):
+                obs, *_ = env.step(env.expert_bins())
+                states.append(env._inner.envs[0]._raw.data.qpos.copy())
+                images.append(obs["image"])
+            faces = int(env._inner.envs[0]._raw.model.mesh_facenum.sum())
+            runs[lod] = (np.stack(states), np.stack(images).astype(np.int16), faces)
+        finally:
+            env.close()
+    (full_q, full_img, full_faces), (lod_q, lod_img, lod_faces) = runs[0.0], runs[0.04]
+    assert np.array_equal(full_q, lod_q)
+    assert np.abs(full_img - lod_img).mean() < 2.0  # of 255
+    assert lod_faces < full_faces / 4, (lod_faces, full_faces)
+
+
+def test_simplify_meshes_keeps_valid_faces():
+    from vla_structppo.envs.mesh_lod import simplify_meshes
+
+    env = make(1, task="drawer-open-v3")
+    try:
+        model = env._inner.envs[0]._raw.model
+        counts = model.mesh_facenum.copy()
+        before, after = simplify_meshes(model, 0.05)
+        assert before == counts.sum() and after == model.mesh_facenum.sum() < before
+        for m in range(model.nmesh):
+            f0, nf, nv = model.mesh_faceadr[m], model.mesh_facenum[m], model.mesh_vertnum[m]
+            faces = model.mesh_face[f0:f0 + nf]
+            assert nf >= 1 and faces.min() >= 0 and faces.max() < nv
+            assert ((faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])).all()
+        assert simplify_meshes(model, 0.0) == (after, after)  # 0 = leave the meshes alone
+        assert simplify_meshes(model, 0.05) == (after, after)  # idempotent: a second renderer changes nothing
+    finally:
+        env.close()
+
+
+def test_action_repeat_holds_the_action_and_sums_rewards():
+    """One step of an action_repeat=3 env == three steps of a plain env with the same action: same state,
+    rewards summed, one picture, episode length counted in actions."""
+    plain, held = make(1, action_repeat=1, state_obs=True), make(1, action_repeat=3, state_obs=True,
+                                                                 max_episode_steps=4, terminate_on_success=False)
+    try:
+        plain.reset(seed=4)
+        held.reset(seed=4)
+        bins = np.array([[200, 60, 140, 255]])
+        for _ in range(3):
+            total = 0.0
+            for _ in range(3):
+                obs_p, r, *_ = plain.step(bins)
+                total += float(r[0])
+            obs_h, r_h, _, truncated, info = held.step(bins)
+            np.testing.assert_array_equal(obs_h["state"], obs_p["state"])
+            np.testing.assert_array_equal(obs_h["image"], obs_p["image"])
+            assert float(r_h[0]) == pytest.approx(total, rel=1e-12)
+        _, _, _, truncated, info = held.step(bins)
+        assert truncated.all() and info["episode_length"].tolist() == [4]
+    finally:
+        plain.close()
+        held.close()
+
+
+def test_expert_succeeds_with_action_repeat_in_a_third_of_the_decisions():
+    env = make(4, task="drawer-open-v3", observation="state", action_repeat=3, max_episode_steps=50,
+               reward="success")
+    try:
+        env.reset(seed=300)
+        lengths, successes, returns = np.zeros(4), np.zeros(4, bool), np.zeros(4)
+        ended = np.zeros(4, bool)
+        for _ in range(50):
+            _, _, _, _, info = env.step(env.expert_bins())
+            if "_episode" in info:
+                first = info["_episode"] & ~ended
+                lengths[first] = info["episode_length"][first]
+                successes[first] = info["success"][first]
+                returns[first] = info["episode_return"][first]
+                ended |= info["_episode"]
+            if ended.all():
+                break
+        assert successes.all() and lengths.max() <= 35, lengths  # ~30 decisions instead of ~90 steps
+        assert returns.tolist() == [1.0] * 4  # the sparse reward is paid once
+    finally:
+        env.close()

@@ -126,6 +126,15 @@ class EnvConfig:
     """``state`` (the error vector, for the MLP policies) or ``image`` (a picture + instruction, for a VLA)."""
     image_size: int = 32
     """Side in pixels of the image observation."""
+    action_repeat: int = 1
+    """MetaWorld: each action is held for this many simulator steps (rewards summed; a success ends the
+    repeat when ``terminate_on_success``), and one picture is rendered per action; ``max_episode_steps``
+    counts actions. 2-3 keeps the scripted experts at 100% with a half / third of the decisions (the
+    action-repeat convention of pixel-based RL)."""
+    mesh_lod: float = 0.0
+    """MetaWorld: render-only mesh simplification, the vertex-clustering cell as a fraction of each mesh's
+    size (0 = full meshes). 0.04 halves the cost of a 64 px frame on a CPU (Mesa) renderer and changes its
+    pixels by <1/255 on average; physics is untouched (envs/mesh_lod.py)."""
 
 
 @dataclass
@@ -323,6 +332,13 @@ class PPOConfig:
     """Abort after this many updates in a row with a non-finite loss (each is skipped)."""
     kl_coef: float = 0.0
     """KL penalty to the reference policy (the VLA with its adapter disabled); 0 = off."""
+    critic_warmup_updates: int = 0
+    """The run's first this many updates train the value (and structured) head only, the policy not at all
+    (zero gradient; the value head reads detached features): a fresh value head's noise would otherwise be
+    the first policy steps' advantage (RL4VLA and RLinf warm their critics up the same way)."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before GAE (logged episode returns stay in the env's units); e.g.
+    0.1 for MetaWorld's dense reward of 0-10 per step."""
 
 
 @dataclass
@@ -450,6 +466,7 @@ class TrainConfig:
             ("policy.hidden_size", self.policy.hidden_size, 1), ("ppo.max_nan_updates", p.max_nan_updates, 1),
             ("sft.num_epochs", self.sft.num_epochs, 1), ("sft.batch_size", self.sft.batch_size, 1),
             ("sft.max_samples", self.sft.max_samples, 0), ("env.image_size", e.image_size, 1),
+            ("ppo.critic_warmup_updates", p.critic_warmup_updates, 0), ("env.action_repeat", e.action_repeat, 1),
         ]:
             if value < low:
                 problems.append(f"{key} must be >= {low}, got {value}")
@@ -471,6 +488,13 @@ class TrainConfig:
                             else 1.0)]:
             if value <= 0:
                 problems.append(f"{key} must be > 0, got {value}")
+        if p.reward_scale <= 0:
+            problems.append(f"ppo.reward_scale must be > 0, got {p.reward_scale}")
+        for key, value, default in (("env.action_repeat", e.action_repeat, 1), ("env.mesh_lod", e.mesh_lod, 0.0)):
+            if value != default and e.id != "metaworld":
+                problems.append(f"{key}={value} is implemented for env.id=metaworld only; remove it for {e.id!r}")
+        if not 0.0 <= e.mesh_lod < 1.0:
+            problems.append(f"env.mesh_lod must lie in [0, 1) (0 = full meshes), got {e.mesh_lod}")
         if self.sft.weight_decay < 0:
             problems.append(f"sft.weight_decay must be >= 0, got {self.sft.weight_decay}")
         if not (0.0 <= p.gamma <= 1.0 and 0.0 <= p.gae_lambda <= 1.0):

@@ -15,6 +15,8 @@ Measured facts this module relies on (docs/environments.md, notes/simulators.md)
   process come out black, while ``mujoco.Renderer`` survives other renderers being closed; it also
   makes its GL context current before each render, so several envs share one process safely;
 * 4x MSAA, shadows and reflections are off (~10x faster, images still right);
+* a frame's cost on a CPU rasteriser is ~1 us per mesh triangle at any image size: ``env.mesh_lod``
+  simplifies the meshes for rendering only (envs/mesh_lod.py; 0.04 halves a 64 px frame's cost);
 * the corner cameras come out rotated by 180 degrees and are turned upright;
 * MT1 freezes each env on one of 50 fixed variants; with ``randomize_goals`` the goal / object
   positions are drawn afresh every episode from the env's own seeded RNG instead;
@@ -35,6 +37,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from ..config import EnvConfig
+from .mesh_lod import simplify_meshes
 
 __all__ = [
     "ACTION_DIMS",
@@ -181,7 +184,8 @@ class MetaWorldTaskEnv(gym.Env):
 
     def __init__(self, task: str, *, camera: str = "corner2", image_size: int = 64, max_episode_steps: int = 150,
                  terminate_on_success: bool = False, randomize_goals: bool = True, render_images: bool = True,
-                 task_seed: int = 0, seed: int | None = None, reward: str = "dense") -> None:
+                 task_seed: int = 0, seed: int | None = None, reward: str = "dense", mesh_lod: float = 0.0,
+                 action_repeat: int = 1) -> None:
         _import_metaworld()
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
         from metaworld.policies import ENV_POLICY_MAP
@@ -192,11 +196,12 @@ class MetaWorldTaskEnv(gym.Env):
         self.task, self.camera, self.image_size, self.reward_mode = task, camera, image_size, reward
         self.max_episode_steps, self.terminate_on_success = max_episode_steps, terminate_on_success
         self.randomize_goals, self.render_images, self.task_seed = randomize_goals, render_images, task_seed
+        self.mesh_lod, self.action_repeat = mesh_lod, action_repeat
         cls = ALL_V3_ENVIRONMENTS[task]
         # no render_mode: rendering uses a mujoco.Renderer of our own (see the module doc)
         raw = cls()
         # the raw env refuses to step past its 500-step benchmark limit; the time limit is ours
-        raw.max_path_length = max(cls.max_path_length, max_episode_steps + 1)
+        raw.max_path_length = max(cls.max_path_length, max_episode_steps * action_repeat + 1)
         if randomize_goals:
             # a task with the goal observable (MT1's override), then unfrozen: each reset draws a fresh
             # goal / object position from the env's seeded RNG (raw.seed) instead of a fixed variant
@@ -251,16 +256,18 @@ class MetaWorldTaskEnv(gym.Env):
     def step(self, action):
         low, high = self.action_space.low, self.action_space.high
         a = np.clip(np.asarray(action, np.float32), low, high)
-        state, reward, _, _, raw_info = self._raw.step(a)
-        raw_reward = reward
-        self._state = state
+        reward = 0.0
+        for _ in range(self.action_repeat):  # one action, held for action_repeat simulator steps
+            state, raw_reward, _, _, raw_info = self._raw.step(a)
+            self._state = state
+            newly = bool(raw_info["success"]) and not self._succeeded
+            self._succeeded |= newly
+            # sparse: 1 on the step the task is first solved; dense: the benchmark's reward, summed
+            reward += (1.0 if newly else 0.0) if self.reward_mode == "success" else float(raw_reward)
+            if self._succeeded and self.terminate_on_success:
+                break
         self._t += 1
-        self._return += float(reward)
-        newly = bool(raw_info["success"]) and not self._succeeded
-        self._succeeded |= bool(raw_info["success"])
-        if self.reward_mode == "success":  # sparse: 1 on the step the task is first solved
-            reward = 1.0 if newly else 0.0
-            self._return += float(reward) - float(raw_reward)
+        self._return += reward
         terminated = self._succeeded and self.terminate_on_success
         truncated = not terminated and self._t >= self.max_episode_steps
         info: dict[str, Any] = {"success": self._succeeded}
@@ -292,6 +299,7 @@ class MetaWorldTaskEnv(gym.Env):
         model.vis.quality.offsamples = 0  # no MSAA: must be set before the GL context exists
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.image_size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.image_size)
+        simplify_meshes(model, self.mesh_lod)  # render-only; the renderer uploads the meshes just below
         try:
             renderer = mujoco.Renderer(model, self.image_size, self.image_size)
         except Exception as err:  # FatalError, ImportError, RuntimeError depending on the GL backend
@@ -358,7 +366,8 @@ class MetaWorldVectorEnv(gym.vector.VectorEnv):
         fns = [partial(_make_task_env, task, base + j, camera=cfg.camera, image_size=cfg.image_size,
                        max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
                        reward=cfg.reward,
-                       randomize_goals=cfg.randomize_goals, render_images=images, task_seed=cfg.task_seed)
+                       randomize_goals=cfg.randomize_goals, render_images=images, task_seed=cfg.task_seed,
+                       mesh_lod=cfg.mesh_lod, action_repeat=cfg.action_repeat)
                for j, task in enumerate(self.env_tasks)]
         if cfg.vector_mode == "sync":
             self._inner = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
