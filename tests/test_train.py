@@ -137,3 +137,30 @@ def test_plots_and_tensorboard_written(quick_overrides):
               "credit/delta_mean_0", "credit/explained_variance_head"):
         assert k in keys, k
     assert abs(result.final["credit/delta_mean_0"] + sum(result.final[f"credit/delta_mean_{i}"] for i in range(1, 7))) < 1e-6
+
+
+def test_critic_warmup_trains_the_value_head_only(quick_overrides):
+    """During warm-up the policy's parameters stay bit-identical while the value head learns; after it,
+    the policy moves."""
+    init = train(load_config(None, quick_overrides + ["name=w0", "ppo.total_timesteps=64"]))
+    base = quick_overrides + [f"init_from={init.run_dir / 'checkpoints' / 'last'}", "ppo.num_steps=4"]
+    warm = train(load_config(None, base + ["name=w1", "ppo.total_timesteps=128", "ppo.critic_warmup_updates=2"]))
+    for (name, before), after in zip(init.agent.policy.state_dict().items(), warm.agent.policy.state_dict().values()):
+        assert torch.equal(before, after), name
+    assert not all(torch.equal(a, b) for a, b in zip(init.agent.value_head.state_dict().values(),
+                                                      warm.agent.value_head.state_dict().values()))
+    assert all(r["losses/clipfrac"] == 0.0 and r["losses/approx_kl"] == 0.0 for r in warm.history)
+    moved = train(load_config(None, base + ["name=w2", "ppo.total_timesteps=192", "ppo.critic_warmup_updates=2"]))
+    assert moved.history[2]["losses/approx_kl"] > 0.0
+    assert not all(torch.equal(a, b) for a, b in zip(init.agent.policy.state_dict().values(),
+                                                      moved.agent.policy.state_dict().values()))
+
+
+def test_reward_scale_scales_value_targets_not_logged_returns(quick_overrides):
+    runs = {s: train(load_config(None, quick_overrides + [f"name=rs{s}", "ppo.total_timesteps=64",
+                                                          f"ppo.reward_scale={s}", "ppo.norm_adv=false"]))
+            for s in (1.0, 0.1)}
+    a, b = runs[1.0].history[0], runs[0.1].history[0]
+    assert a["rollout/ep_return_mean"] == b["rollout/ep_return_mean"]  # the env's units, unscaled
+    assert a["rollout/reward_mean"] == b["rollout/reward_mean"]
+    assert b["losses/value_loss"] < a["losses/value_loss"]  # targets 10x smaller

@@ -108,14 +108,17 @@ class Agent(nn.Module):
     def autoregressive(self) -> bool:
         return bool(self.policy.autoregressive)
 
-    def forward(self, obs: Any, actions: torch.Tensor, centering_weights: torch.Tensor | None = None) -> AgentOutput:
+    def forward(self, obs: Any, actions: torch.Tensor, centering_weights: torch.Tensor | None = None,
+                value_stop_gradient: bool | None = None) -> AgentOutput:
         """Teacher-forced pass over ``actions [B, D]``: log-probs, entropies, value and head terms.
 
         ``centering_weights [B, D, K]``: the behaviour policy's bin distributions recorded at rollout
         (the head's policy-centering weights); the current ones are used when None.
+        ``value_stop_gradient``: overrides the configured flag for this call (critic warm-up sets it).
         """
         ev = self.policy.evaluate(obs, actions)
-        value = self.value_head(ev.features.detach() if self.value_stop_gradient else ev.features)
+        detach = self.value_stop_gradient if value_stop_gradient is None else value_stop_gradient
+        value = self.value_head(ev.features.detach() if detach else ev.features)
         head = None
         if self.adv_head is not None:
             w = ev.bin_probs if centering_weights is None else centering_weights

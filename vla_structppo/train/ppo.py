@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         counters["global_step"] += cfg.batch_size
         t_rollout = time.perf_counter()
         advantages, returns = compute_gae(
-            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated, rollout.truncated,
+            rollout.rewards * cfg.ppo.reward_scale, rollout.values, rollout.next_value, rollout.terminated, rollout.truncated,
             gamma=cfg.ppo.gamma, gae_lambda=cfg.ppo.gae_lambda, final_values=rollout.final_values,
             valid=rollout.valid,
         )
@@ -194,7 +194,10 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
 
         # 5. PPO epochs x minibatches (x accumulation micro-batches)
         if not nan_seen:
-            upd_metrics, upd_nan = _ppo_epochs(agent, optimizer, batch, cfg, accelerator)
+            # critic warm-up: the first updates fit the value head only, so the policy's first steps
+            # follow fitted advantages rather than a fresh value head's noise
+            train_policy = update > cfg.ppo.critic_warmup_updates
+            upd_metrics, upd_nan = _ppo_epochs(agent, optimizer, batch, cfg, accelerator, train_policy)
             metrics.update(upd_metrics)
             nan_seen |= upd_nan
         t_update = time.perf_counter()
@@ -247,9 +250,12 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
                 f"Last good checkpoint: {last}. Lower ppo.learning_rate or check the rewards."
             )
         pbar.update(1)
-        pbar.set_postfix(SPS=f"{metrics['charts/SPS']:.0f}",
-                         ret=f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}",
-                         norm=f"{metrics.get('rollout/normalized_return', float('nan')):.2f}")
+        shown = {"SPS": f"{metrics['charts/SPS']:.0f}",
+                 "ret": f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}"}
+        for key, label in (("rollout/normalized_return", "norm"), ("rollout/success_rate", "success")):
+            if key in metrics:  # the structured task has an optimum, simulators a success flag
+                shown[label] = f"{metrics[key]:.2f}"
+        pbar.set_postfix(shown)
     pbar.close()
     if accelerator.is_main_process and history.records and cfg.logging.plot_every > 0:
         plot_learning_curve(history.records, run_dir / "plots" / "learning_curve.png",
@@ -307,7 +313,8 @@ def _fit_head(core: Agent, optimizer, batch: dict, cfg: TrainConfig, accelerator
     return {f"losses/head_fit_{k}": v / max(steps, 1) for k, v in sums.items()}, nan_seen
 
 
-def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator):
+def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator,
+                train_policy: bool = True):
     p = cfg.ppo
     sums: dict[str, float] = {}
     count = 0
@@ -321,7 +328,8 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
             mb_metrics: dict[str, float] = {}
             for micro in mb.chunk(p.gradient_accumulation_steps):
                 with accelerator.accumulate(agent):
-                    loss, m, ratio_dev = _loss(agent, batch, micro, cfg, check_ratio=first_ratio_dev is None)
+                    loss, m, ratio_dev = _loss(agent, batch, micro, cfg, check_ratio=first_ratio_dev is None,
+                                               train_policy=train_policy)
                     if first_ratio_dev is None:
                         first_ratio_dev = ratio_dev
                     bad = bad or _any_rank(accelerator, not bool(torch.isfinite(loss)))
@@ -364,18 +372,25 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
     return out, nan_seen
 
 
-def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: bool = False):
-    """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7)."""
+def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: bool = False,
+          train_policy: bool = True):
+    """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7).
+
+    ``train_policy=False`` (critic warm-up): the policy's terms are multiplied by 0 and the value head
+    reads detached features, so the policy gets exactly zero gradient (and Adam no step) while DDP still
+    sees every parameter in the graph."""
     p = cfg.ppo
     mask = batch["valid"][idx]
-    out = agent(select_batch(batch["obs"], idx), batch["actions"][idx], batch["bin_probs"][idx])
+    out = agent(select_batch(batch["obs"], idx), batch["actions"][idx], batch["bin_probs"][idx],
+                value_stop_gradient=None if train_policy else True)
     pg_loss, m = ppo_policy_loss(out.logp, batch["logp"][idx], batch["credit"][idx], p.clip_coef,
                                  ratio=cfg.credit.ratio, mask=mask)
     v_loss = value_loss(out.value, batch["returns"][idx], batch["values"][idx],
                         p.clip_coef if p.clip_vloss else None, mask=mask)
     w = mask.float() / mask.float().sum().clamp_min(1.0)
     entropy = (out.entropy.sum(-1) * w).sum()  # joint entropy (sum of per-dim / conditional entropies)
-    loss = pg_loss + p.vf_coef * v_loss - p.ent_coef * entropy
+    policy_weight = 1.0 if train_policy else 0.0
+    loss = policy_weight * (pg_loss - p.ent_coef * entropy) + p.vf_coef * v_loss
     metrics = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(), **m}
     if p.kl_coef > 0:  # k3 estimate of KL(pi || pi_ref), pi_ref = the VLA with its adapter disabled
         core = getattr(agent, "module", agent)
@@ -383,7 +398,7 @@ def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: 
             ref = core.policy.evaluate(select_batch(batch["obs"], idx), batch["actions"][idx])
         log_ratio = ref.logp.sum(-1) - out.logp.sum(-1)
         kl = ((log_ratio.exp() - log_ratio - 1.0) * w).sum()
-        loss = loss + p.kl_coef * kl
+        loss = loss + policy_weight * p.kl_coef * kl
         metrics["kl_ref"] = kl.detach()
     if out.head is not None:
         h_loss, hm = head_loss(out.head, batch["advantages"][idx], lambda_pair=p.lambda_pair,
