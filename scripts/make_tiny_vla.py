@@ -21,12 +21,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--action-dims", type=int, default=7, help="action dims D (OpenVLA: 7)")
     ap.add_argument("--num-bins", type=int, default=256, help="bins per dim K (the last K vocabulary ids)")
     ap.add_argument("--bound", type=float, default=1.0, help="actions span [-bound, bound] in every dim")
+    ap.add_argument("--image-size", type=int, default=32, help="image side in pixels the processor produces")
+    ap.add_argument("--action-row-cycles", type=float, default=16.0,
+                    help="smoothness of the bin tokens' embedding rows (periods across the bins; 0 = i.i.d. rows)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    out = save_tiny_vla(args.arch, args.out, seed=args.seed)
+    out = save_tiny_vla(args.arch, args.out, seed=args.seed, image_size=args.image_size,
+                        action_row_cycles=args.action_row_cycles)
     write_action_tokenizer(out, args.action_dims, args.num_bins, bound=args.bound)
     for path in sorted(out.iterdir()):
         print(f"wrote {path} ({path.stat().st_size} bytes)")

@@ -131,7 +131,7 @@ def test_checkpoint_starts_ppo(cloned, work):
 
     ppo_overrides = [*TASK, f"init_from={cloned.checkpoint}", f"output_dir={work / 'runs'}", "name=ppo",
                      "env.num_envs=8", "ppo.num_steps=2", "ppo.total_timesteps=16", "ppo.num_minibatches=2",
-                     "ppo.num_epochs=1", "ppo.learning_rate=1e-4"]
+                     "ppo.num_epochs=1", "ppo.learning_rate=1e-4", "model.rollout_temperature=0.5"]
     cfg = load_config(None, ppo_overrides)
     assert cfg.model.name_or_path is None  # the base model is found through the checkpoint's config.yaml
     envs = make_env(cfg.env, 8, seed=5)
@@ -148,7 +148,9 @@ def test_checkpoint_starts_ppo(cloned, work):
 
     result = train(cfg)
     first = result.history[0]  # update 1's rollout ran the SFT policy, before any PPO step
-    assert first["rollout/normalized_return"] > 0.9, first
+    # sampled at T=0.5: the ordinal bin rows share mass between neighbouring bins, which costs a little
+    # return on this task (0.88 measured); a fresh adapter starts below 0
+    assert first["rollout/normalized_return"] > 0.8, first
     assert (result.run_dir / "checkpoints" / "last" / "adapter_model.safetensors").is_file()
 
 

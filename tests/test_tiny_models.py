@@ -12,6 +12,7 @@ from vla_structppo.policies.tiny import (
     build_tiny_vla,
     build_tokenizer,
     default_vocab_size,
+    ordinal_rows,
     save_tiny_vla,
 )
 
@@ -91,3 +92,31 @@ def test_unsupported_arch_and_small_vocab():
         build_tiny_vla("gpt2")
     with pytest.raises(ValueError, match="too small"):
         build_tokenizer(1024, "paligemma")
+
+
+def _cos(rows: torch.Tensor, i: int, j: int) -> float:
+    return float(torch.nn.functional.cosine_similarity(rows[i], rows[j], dim=0))
+
+
+def test_ordinal_rows_are_smooth_in_the_bin_index():
+    torch.manual_seed(0)
+    rows = ordinal_rows(256, 64, 0.25, max_cycles=16.0)
+    assert rows.shape == (256, 64) and abs(float(rows.std()) - 0.25) < 1e-4
+    adjacent = [_cos(rows, k, k + 1) for k in range(255)]
+    far = [abs(_cos(rows, k, (k + 128) % 256)) for k in range(256)]
+    assert min(adjacent) > 0.9  # bin k and k+1: nearly the same row
+    assert np.mean(far) < 0.25  # half the range apart: nearly unrelated
+
+
+@pytest.mark.parametrize("arch", ["llava", "paligemma"])
+def test_action_bin_rows_are_ordinal_and_other_rows_random(arch):
+    model, _ = build_tiny_vla(arch, seed=0)
+    vocab = default_vocab_size(arch)
+    first_bin = vocab - NUM_ACTION_FILLERS
+    for rows in (model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()):
+        assert min(_cos(rows, k, k + 1) for k in range(first_bin, vocab - 1)) > 0.9
+        # the rest of the vocabulary keeps i.i.d. rows: neighbouring ids are unrelated
+        assert np.mean([abs(_cos(rows, k, k + 1)) for k in range(first_bin - 64, first_bin - 1)]) < 0.3
+    plain, _ = build_tiny_vla(arch, seed=0, action_row_cycles=0)
+    rows = plain.get_output_embeddings().weight.detach()
+    assert np.mean([abs(_cos(rows, k, k + 1)) for k in range(first_bin, vocab - 1)]) < 0.3

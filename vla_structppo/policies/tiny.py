@@ -349,6 +349,7 @@ def build_tiny_vla(
     image_size: int = 32,
     patch_size: int = 8,
     output_std: float = 0.25,
+    action_row_cycles: float = 16.0,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build ``(model, processor)`` for ``arch`` with seeded random weights (float32, eval mode).
 
@@ -359,6 +360,14 @@ def build_tiny_vla(
     separates tokens by several nats; with the usual 0.02 init (logit std ~0.16 after the final norm) and
     the output layer frozen under LoRA, no token could ever get more than a few percent of the mass, so
     neither SFT nor PPO could make a tiny model decisive.
+
+    ``action_row_cycles``: the input- and output-embedding rows of the last :data:`NUM_ACTION_FILLERS` ids
+    (the action bins) are made smooth in the bin index, with at most this many periods across the bins
+    (:func:`ordinal_rows`; 0 = i.i.d. random rows like every other token). A VLA pretrained on robot data
+    treats bin k and k+1 as nearly the same action; a random model treats them as unrelated words, so its
+    sampled actions jump to far-away bins (measured on a cloned MetaWorld policy: 70% of the mass of a
+    dim more than 16 bins from the mode at T=1) and neither cloning nor RL can share what one bin
+    learns with its neighbours — under LoRA the output rows stay frozen, so this prior cannot be learned.
     """
     _check_arch(arch)
     if vocab_size is None:
@@ -382,9 +391,33 @@ def build_tiny_vla(
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     with torch.no_grad():
-        model.get_output_embeddings().weight.normal_(0.0, output_std)
+        out_rows = model.get_output_embeddings().weight
+        out_rows.normal_(0.0, output_std)
+        if action_row_cycles > 0:
+            in_rows = model.get_input_embeddings().weight
+            bins = slice(vocab_size - NUM_ACTION_FILLERS, vocab_size)
+            in_rows[bins] = ordinal_rows(NUM_ACTION_FILLERS, in_rows.shape[1], float(in_rows.std()),
+                                         action_row_cycles)
+            out_rows[bins] = ordinal_rows(NUM_ACTION_FILLERS, out_rows.shape[1], output_std, action_row_cycles)
     model.eval()
     return model, processor
+
+
+def ordinal_rows(num: int, dim: int, std: float, max_cycles: float) -> torch.Tensor:
+    """``[num, dim]`` embedding rows that vary smoothly with the row index (random Fourier features).
+
+    Row k is ``P^T cos(w * k / (num - 1) + b)`` with ``dim`` random frequencies ``w`` uniform in
+    ``[0, 2 pi max_cycles]``, phases ``b`` and a Gaussian projection ``P``, rescaled to ``std``: nearby rows
+    are nearly parallel, rows far apart are nearly unrelated, and a dot product with any vector is a
+    band-limited function of k, so a logit over the bins peaks at one place with a width of about
+    ``num / (2 max_cycles)``. Draws from torch's global RNG (the caller seeds it).
+    """
+    position = torch.arange(num, dtype=torch.float64)[:, None] / max(num - 1, 1)  # [num, 1]
+    freqs = torch.rand(dim, dtype=torch.float64) * (2 * torch.pi * max_cycles)
+    phases = torch.rand(dim, dtype=torch.float64) * (2 * torch.pi)
+    features = torch.cos(position * freqs + phases)  # [num, dim]
+    rows = features @ torch.randn(dim, dim, dtype=torch.float64)
+    return (rows * (std / rows.std())).float()
 
 
 def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> Path:
@@ -404,6 +437,7 @@ __all__ = [
     "build_tiny_vla",
     "build_tokenizer",
     "default_vocab_size",
+    "ordinal_rows",
     "save_tiny_vla",
 ]
 
