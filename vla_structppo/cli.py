@@ -105,11 +105,13 @@ def main(argv: list[str] | None = None) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean 'fix your input' (printed without a traceback, exit 2). FileNotFoundError covers
     a checkpoint missing a file (CheckpointError, the VLA preflight's VLACheckpointError)."""
+    from .envs.demos import DemoDatasetError
     from .hub import HubError
     from .policies.action_tokenizer import ActionTokenizerError
     from .policies.vla_arch import UnsupportedArchitectureError
 
-    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError, HubError)
+    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError, HubError,
+            DemoDatasetError)
 
 
 def _fail(err: Exception) -> NoReturn:
@@ -120,24 +122,23 @@ def _fail(err: Exception) -> NoReturn:
 def _demos(cfg: TrainConfig) -> None:
     if not cfg.sft.dataset:
         _fail(ConfigError("demos writes to sft.dataset: set sft.dataset=PATH"))
-    from .envs.demos import DemoDatasetError, record_demos, save_demos
+    from .envs.demos import record_demos, save_demos
 
     try:
         ds = record_demos(cfg)
-        path = save_demos(ds, cfg.sft.dataset)
-    except (*_user_errors(), DemoDatasetError) as err:
+        path = save_demos(ds, cfg.sft.dataset, cfg)
+    except _user_errors() as err:
         _fail(err)
     print(f"wrote {len(ds)} expert steps to {path}")
 
 
 def _sft(cfg: TrainConfig) -> None:
     # heavy imports only now that the config is known to be good
-    from .envs.demos import DemoDatasetError
     from .train.sft import sft
 
     try:
         result = sft(cfg)
-    except (*_user_errors(), DemoDatasetError) as err:
+    except _user_errors() as err:
         _fail(err)
     from accelerate import PartialState
 

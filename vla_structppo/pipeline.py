@@ -44,7 +44,7 @@ def _log(msg: str, t0: float) -> None:
 
 
 def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
-    from .envs.demos import load_demos, record_demos, save_demos
+    from .envs.demos import DemoDatasetError, load_demos, record_demos, recording_mismatches, save_demos
     from .eval import run_eval
     from .train.ppo import train
     from .train.sft import sft
@@ -59,7 +59,11 @@ def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
     dataset = Path(cfg.sft.dataset)
     if not (dataset / "dataset_info.json").is_file():
         _log(f"recording {cfg.demos.num_episodes} expert episodes per task -> {dataset}", t0)
-        save_demos(record_demos(cfg), dataset)
+        save_demos(record_demos(cfg), dataset, cfg)
+    elif changed := recording_mismatches(dataset, cfg):
+        raise DemoDatasetError(f"the demonstrations at {dataset} were recorded with other settings than this "
+                               f"recipe's ({'; '.join(changed)}); delete that dir to record them again, or "
+                               "point sft.dataset at another one")
     ds, _ = load_demos(dataset)
     _log(f"demos: {len(ds)} steps", t0)
 

@@ -39,11 +39,14 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = ["ActionStats", "DemoDatasetError", "REQUIRED_COLUMNS", "expert_bins", "load_demos", "record_demos",
-           "save_demos", "structured_demos"]
+           "recording_mismatches", "recording_of", "save_demos", "structured_demos"]
 
 # the columns behaviour cloning reads; ``episode_index`` and ``success`` are bookkeeping
 REQUIRED_COLUMNS = ("image", "instruction", "action")
 STATS_FILE = "stats.json"
+RECORDING_FILE = "recording.json"
+# env settings that change how a recording is stepped, not what it holds
+_NOT_RECORDED = frozenset({"num_envs", "vector_mode", "autoreset_mode", "observation", "reward"})
 # envs stepped in parallel while recording (numpy: more only costs memory)
 _RECORD_ENVS = 64
 # structured task steps recorded by record_demos when sft.max_samples is 0 (the CLI's default)
@@ -260,14 +263,36 @@ def action_array(ds: datasets.Dataset) -> np.ndarray:
     return a
 
 
-def save_demos(ds: datasets.Dataset, path: str | Path) -> Path:
-    """``ds.save_to_disk(path)`` plus ``stats.json`` (the action statistics) in the same dir."""
+def save_demos(ds: datasets.Dataset, path: str | Path, cfg: TrainConfig | None = None) -> Path:
+    """``ds.save_to_disk(path)`` plus ``stats.json`` (the action statistics) in the same dir, and with
+    ``cfg`` (the config that recorded it) ``recording.json``: the settings the pictures and actions
+    depend on, which :func:`recording_mismatches` compares against a later recipe."""
     path = Path(path)
     _check_columns(ds, path)
     stats = ActionStats.of(action_array(ds))
     ds.save_to_disk(str(path))
     (path / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=1) + "\n")
+    if cfg is not None:
+        (path / RECORDING_FILE).write_text(json.dumps(recording_of(cfg), indent=1, sort_keys=True) + "\n")
     return path
+
+
+def recording_of(cfg: TrainConfig) -> dict:
+    """What a recording depends on: ``env.*`` but how it is stepped, and ``demos.*``."""
+    env = {k: v for k, v in asdict(cfg.env).items() if k not in _NOT_RECORDED}
+    return {"env": env, "demos": asdict(cfg.demos)}
+
+
+def recording_mismatches(path: str | Path, cfg: TrainConfig) -> list[str]:
+    """``key: recorded -> now`` for every recording setting of the dataset at ``path`` that ``cfg`` changes
+    (empty when they agree or the dataset has no ``recording.json``, e.g. one made by other tools)."""
+    file = Path(path) / RECORDING_FILE
+    if not file.is_file():
+        return []
+    recorded, now = json.loads(file.read_text()), json.loads(json.dumps(recording_of(cfg)))
+    return [f"{section}.{key}: {recorded[section].get(key)!r} -> {value!r}"
+            for section in now for key, value in now[section].items()
+            if recorded.get(section, {}).get(key) != value]
 
 
 def load_demos(path: str | Path) -> tuple[datasets.Dataset, ActionStats]:

@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from ..config import ConfigError, TrainConfig, to_yaml
-from ..envs.demos import ActionStats, DemoDatasetError, action_array, load_demos
+from ..envs.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
 from ..policies.base import EvalOutput, select_batch
 from . import checkpoint as ckpt
 from .metrics_log import MetricsLog
@@ -95,6 +95,11 @@ def sft(cfg: TrainConfig) -> SFTResult:
     """Behaviour-clone ``cfg.sft.dataset`` into the VLA of ``cfg.model``; returns run dir, policy, metrics."""
     _check_config(cfg)
     ds, actions, stats = _load_dataset(cfg)
+    changed = [m for m in recording_mismatches(cfg.sft.dataset, cfg) if m.startswith("env.")]
+    if changed:
+        warnings.warn(f"the demonstrations at {cfg.sft.dataset} were recorded with other env settings than this "
+                      f"recipe's ({'; '.join(changed)}): the policy will see other pictures or actions under "
+                      "PPO and evaluation than it was cloned on", stacklevel=2)
     from ..policies.vla_loading import load_vla_policy, preflight
 
     files = preflight(cfg)  # every model file checked before any weights load
