@@ -86,20 +86,29 @@ def test_same_seed_gives_identical_observations_and_seeds_differ_across_envs():
 def test_scripted_expert_through_bins_succeeds(task):
     env = make(5, task=task, observation="state")
     try:
-        env.reset(seed=200)
-        ended = np.zeros(5, bool)
-        success = np.zeros(5, bool)
-        for _ in range(150):
-            _, _, _, _, info = env.step(env.expert_bins())
-            if "_episode" in info:
-                first = info["_episode"] & ~ended
-                success[first] = info["success"][first]
-                ended |= info["_episode"]
-            if ended.all():
-                break
-        assert ended.all() and success.sum() >= 4, (task, success)
+        first = _expert_first_episodes(env, seed=200, max_steps=150)
+        assert first["success"].sum() >= 4, (task, first["success"])
     finally:
         env.close()
+
+
+def _expert_first_episodes(env, seed: int, max_steps: int) -> dict[str, np.ndarray]:
+    """Run the scripted expert until every env has ended one episode; that first episode's success,
+    length and return per env."""
+    env.reset(seed=seed)
+    n = env.num_envs
+    ended = np.zeros(n, bool)
+    out = {"success": np.zeros(n, bool), "episode_length": np.zeros(n), "episode_return": np.zeros(n)}
+    for _ in range(max_steps):
+        _, _, _, _, info = env.step(env.expert_bins())
+        if "_episode" in info:
+            first = info["_episode"] & ~ended
+            for key, values in out.items():
+                values[first] = info[key][first]
+            ended |= info["_episode"]
+        if ended.all():
+            return out
+    raise AssertionError(f"only {ended.sum()}/{n} envs ended an episode within {max_steps} steps")
 
 
 def test_unknown_task_lists_valid_names():
@@ -256,20 +265,9 @@ def test_expert_succeeds_with_action_repeat_in_a_third_of_the_decisions():
     env = make(4, task="drawer-open-v3", observation="state", action_repeat=3, max_episode_steps=50,
                reward="success")
     try:
-        env.reset(seed=300)
-        lengths, successes, returns = np.zeros(4), np.zeros(4, bool), np.zeros(4)
-        ended = np.zeros(4, bool)
-        for _ in range(50):
-            _, _, _, _, info = env.step(env.expert_bins())
-            if "_episode" in info:
-                first = info["_episode"] & ~ended
-                lengths[first] = info["episode_length"][first]
-                successes[first] = info["success"][first]
-                returns[first] = info["episode_return"][first]
-                ended |= info["_episode"]
-            if ended.all():
-                break
-        assert successes.all() and lengths.max() <= 35, lengths  # ~30 decisions instead of ~90 steps
-        assert returns.tolist() == [1.0] * 4  # the sparse reward is paid once
+        first = _expert_first_episodes(env, seed=300, max_steps=50)
+        lengths = first["episode_length"]
+        assert first["success"].all() and lengths.max() <= 35, lengths  # ~30 decisions instead of ~90 steps
+        assert first["episode_return"].tolist() == [1.0] * 4  # the sparse reward is paid once
     finally:
         env.close()
