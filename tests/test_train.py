@@ -150,6 +150,12 @@ def test_critic_warmup_trains_the_value_head_only(quick_overrides):
     assert not all(torch.equal(a, b) for a, b in zip(init.agent.value_head.state_dict().values(),
                                                       warm.agent.value_head.state_dict().values()))
     assert all(r["losses/clipfrac"] == 0.0 and r["losses/approx_kl"] == 0.0 for r in warm.history)
+    # Adam holds no state for the policy yet (zero gradients would have advanced its step counts and so its
+    # bias correction), and does for the value head
+    opt = torch.load(warm.run_dir / "checkpoints" / "last" / "trainer_state.pt", weights_only=False)["optimizer"]
+    policy_ids, value_ids = opt["param_groups"][0]["params"], opt["param_groups"][1]["params"]
+    assert not any(i in opt["state"] for i in policy_ids)
+    assert all(i in opt["state"] for i in value_ids)
     moved = train(load_config(None, base + ["name=w2", "ppo.total_timesteps=192", "ppo.critic_warmup_updates=2"]))
     assert moved.history[2]["losses/approx_kl"] > 0.0
     assert not all(torch.equal(a, b) for a, b in zip(init.agent.policy.state_dict().values(),

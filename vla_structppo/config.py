@@ -334,8 +334,9 @@ class PPOConfig:
     """KL penalty to the reference policy (the VLA with its adapter disabled); 0 = off."""
     critic_warmup_updates: int = 0
     """The run's first this many updates train the value (and structured) head only, the policy not at all
-    (zero gradient; the value head reads detached features): a fresh value head's noise would otherwise be
-    the first policy steps' advantage (RL4VLA and RLinf warm their critics up the same way)."""
+    (no gradient, no optimizer step or Adam state; the value head reads detached features): a fresh value
+    head's noise would otherwise be the first policy steps' advantage (RL4VLA and RLinf warm their critics
+    up the same way)."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this before GAE (logged episode returns stay in the env's units); e.g.
     0.1 for MetaWorld's dense reward of 0-10 per step."""

@@ -321,6 +321,7 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
     nan_seen = False
     first_ratio_dev = None
     epochs_done = 0
+    policy_params = getattr(agent, "module", agent).trainable_parameters()
     for _epoch in range(p.num_epochs):
         epoch_kl, epoch_mb = 0.0, 0
         for mb in _minibatches(len(batch["actions"]), p.num_minibatches):
@@ -341,6 +342,12 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
                         grad_norm = accelerator.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
                         bad = bad or _any_rank(accelerator, not bool(torch.isfinite(torch.as_tensor(grad_norm))))
                         m["grad_norm"] = float(grad_norm)
+                        if not train_policy:
+                            # critic warm-up: no gradient at all for the policy, so Adam neither steps nor
+                            # counts steps for it; zero gradients would advance its bias correction and make
+                            # the first policy steps after a long warm-up up to ~2.4x their usual size
+                            for q in policy_params:
+                                q.grad = None
                         if bad:
                             optimizer.zero_grad(set_to_none=True)
                         else:
@@ -377,8 +384,8 @@ def _loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_ratio: 
     """Total loss ``L_pi + c_v L_V + c_a L_adv - c_H H`` on the samples ``idx`` (ALGORITHM.md §7).
 
     ``train_policy=False`` (critic warm-up): the policy's terms are multiplied by 0 and the value head
-    reads detached features, so the policy gets exactly zero gradient (and Adam no step) while DDP still
-    sees every parameter in the graph."""
+    reads detached features, so the policy gets exactly zero gradient while DDP still sees every parameter
+    in the graph (``_ppo_epochs`` then drops those gradients, so Adam's state for the policy stays empty)."""
     p = cfg.ppo
     mask = batch["valid"][idx]
     out = agent(select_batch(batch["obs"], idx), batch["actions"][idx], batch["bin_probs"][idx],
