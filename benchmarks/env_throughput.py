@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_structppo.config import EnvConfig
-from vla_structppo.envs.registry import make_env
+from vla_structppo.config import EnvConfig, MetaWorldEnvConfig
+from vla_structppo.envs import make_env
 
 
 def measure(cfg: EnvConfig, num_envs: int, seconds: float, warmup: int) -> dict:
@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     grid = [(size, n, lod) for size in args.sizes for n in args.envs for lod in args.mesh_lod]
     for size, n, lod in grid:
         for mode in args.modes:
-            cfg = EnvConfig(id="metaworld", task=args.task, camera=args.camera, image_size=size, action_dims=4,
-                            num_bins=256, observation="image", vector_mode=mode, max_episode_steps=150, mesh_lod=lod)
+            cfg = EnvConfig(id="metaworld", task=args.task, image_size=size, action_dims=4, num_bins=256,
+                            observation="image", vector_mode=mode, max_episode_steps=150,
+                            metaworld=MetaWorldEnvConfig(camera=args.camera, mesh_lod=lod))
             rows.append(measure(cfg, n, args.seconds, args.warmup))
             print(f"{size}px {n} envs lod {lod} {mode}: {rows[-1]['env_steps_per_s']:.0f} env-steps/s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -143,10 +143,10 @@ class PeakMemory:
 # -- model / data ---------------------------------------------------------------------------------
 def build_agent(name: str, root: Path, device: torch.device, num_envs: int, seed: int):
     """Write the model, load it the way training does, and return ``(cfg, agent, envs)``."""
+    from vla_structppo.checkpoints import build_agent as build
     from vla_structppo.config import load_config
-    from vla_structppo.envs.registry import make_env
+    from vla_structppo.envs import make_env
     from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-    from vla_structppo.train.agent import Agent
 
     model_dir = root / name
     save_tiny_vla("llava", model_dir, seed, **MODELS[name])
@@ -157,7 +157,7 @@ def build_agent(name: str, root: Path, device: torch.device, num_envs: int, seed
         f"seed={seed}",
     ])
     envs = make_env(cfg.env, num_envs, seed=seed)
-    agent = Agent.from_config(cfg, envs).to(device)
+    agent = build(cfg).to(device)
     return cfg, agent, envs
 
 
@@ -216,7 +216,7 @@ def _generate_fn(policy, inputs: dict[str, torch.Tensor], do_sample: bool):
 
 # -- the phases -------------------------------------------------------------------------------------
 def bench_rollout(policy, envs, batch_sizes, device, warmup, repeats, seed) -> list[dict]:
-    from vla_structppo.train.rollout import take_obs
+    from vla_structppo.envs import take_obs
 
     obs, _ = envs.reset(seed=seed)
     bins = policy.bin_token_ids

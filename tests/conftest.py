@@ -22,7 +22,7 @@ def quick_overrides(tmp_path):
     """A tiny, fast run in a temporary output dir."""
     return [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
             "logging.plot_every=0", "env.num_envs=16", "ppo.num_steps=4", "ppo.total_timesteps=256",
-            "env.num_goals=4"]
+            "env.structured.num_goals=4"]
 
 
 def pytest_configure(config):

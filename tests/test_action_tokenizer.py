@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla_structppo.policies.action_tokenizer import ActionTokenizer, ActionTokenizerError, quantile_bounds
+from vla_structppo.data.demos import quantile_bounds
+from vla_structppo.policies.action_tokenizer import ActionTokenizer, ActionTokenizerError
 
 
 def make(K: int = 5) -> ActionTokenizer:

@@ -23,11 +23,13 @@ def test_every_recipe_loads_and_validates():
 def test_choice_lists_match_the_code():
     from vla_structppo import algo
     from vla_structppo.envs import registry
-    from vla_structppo.train.agent import POLICIES
+    from vla_structppo.policies.agent import STATE_POLICIES
 
     assert C.CREDIT_MODES == algo.CREDIT_MODES and C.HEAD_MODES == algo.HEAD_MODES
     assert C.CENTERINGS == algo.CENTERINGS and C.RATIOS == algo.RATIOS
-    assert tuple(POLICIES) == C.POLICY_TYPES and registry.ENV_IDS == C.ENV_IDS
+    assert (*STATE_POLICIES, "vla") == C.POLICY_TYPES
+    assert tuple(registry.ENVS) == tuple(registry.TASKS) == C.ENV_IDS
+    assert all(hasattr(C.EnvConfig(), env_id) for env_id in C.ENV_IDS)  # one config section per env
 
 
 def test_unknown_recipe_key_names_it_and_the_nearest(tmp_path):
@@ -63,14 +65,15 @@ def test_missing_recipe_file():
     (["credit.mode=conterfactual"], "did you mean 'counterfactual'"),
     (["head.centering=mean"], "head.centering"),
     (["env.num_bins=1"], "env.num_bins must be >= 2"),
-    (["env.pairs=[{i: 0, j: 9}]"], "env.pairs"),
-    (["env.dim_weights=[1, 2]"], "dim_weights"),
+    (["env.structured.pairs=[{i: 0, j: 9}]"], r"env.structured.pairs\[0\]"),
+    (["env.structured.dim_weights=[1, 2]"], "dim_weights"),
     (["env.num_envs=10", "ppo.num_steps=1", "ppo.num_minibatches=4"], "not divisible"),
     (["ppo.learning_rate=0"], "learning_rate"),
-    (["env.action_repeat=3"], "env.action_repeat=3 is implemented for env.id=metaworld only"),
-    (["env.mesh_lod=0.04"], "env.mesh_lod=0.04 is implemented for env.id=metaworld only"),
-    (["env.id=metaworld", "env.task=reach-v3", "env.mesh_lod=1.5"], r"env.mesh_lod must lie in \[0, 1\)"),
-    (["env.id=metaworld", "env.task=reach-v3", "env.action_repeat=0"], "env.action_repeat must be >= 1"),
+    (["env.metaworld.action_repeat=3"], r"env.metaworld.\* is set but env.id='structured'"),
+    (["env.metaworld.mesh_lod=0.04"], r"env.metaworld.\* is set but env.id='structured'"),
+    (["env.id=metaworld", "env.task=reach-v3", "env.structured.horizon=3"], r"env.structured.\* is set but env.id='metaworld'"),
+    (["env.id=metaworld", "env.task=reach-v3", "env.metaworld.mesh_lod=1.5"], r"env.metaworld.mesh_lod must lie in \[0, 1\)"),
+    (["env.id=metaworld", "env.task=reach-v3", "env.metaworld.action_repeat=0"], "env.metaworld.action_repeat must be >= 1"),
     (["ppo.reward_scale=0"], "ppo.reward_scale must be > 0"),
     (["ppo.critic_warmup_updates=-1"], "ppo.critic_warmup_updates must be >= 0"),
 ])
@@ -80,8 +83,8 @@ def test_impossible_combinations(overrides, message):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["ppo.learning_rate=1e-3", "env.pairs=[{i: 0, j: 1, weight: 2}]", "ppo.target_kl=0.02"])
-    assert cfg.ppo.learning_rate == 1e-3 and cfg.env.pairs[0].weight == 2.0 and cfg.ppo.target_kl == 0.02
+    cfg = load_config(None, ["ppo.learning_rate=1e-3", "env.structured.pairs=[{i: 0, j: 1, weight: 2}]", "ppo.target_kl=0.02"])
+    assert cfg.ppo.learning_rate == 1e-3 and cfg.env.structured.pairs[0].weight == 2.0 and cfg.ppo.target_kl == 0.02
 
 
 def test_resolved_config_round_trips():
@@ -124,3 +127,28 @@ def test_cli_config_prints_resolved_yaml():
     out = subprocess.run([sys.executable, "-m", "vla_structppo", "config", str(RECIPES[0]), "ppo.clip_coef=0.3"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "clip_coef: 0.3" in out.stdout
+
+
+@pytest.mark.parametrize("old, new", [("env.horizon=3", "env.structured.horizon"),
+                                      ("env.camera=corner3", "env.metaworld.camera"),
+                                      ("env.task_seed=1", "env.structured.task_seed or env.metaworld.task_seed")])
+def test_moved_env_keys_name_their_new_place(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=f"moved to {new}"):
+        load_config(None, [old])
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"env:\n  {old.split('.', 1)[1].replace('=', ': ')}\n")
+    with pytest.raises(ConfigError, match=f"moved to {new}"):
+        load_config(recipe)
+
+
+def test_a_checkpoint_config_of_the_flat_env_layout_is_migrated():
+    """config.yaml files written before env was split per environment still load (pushed checkpoints)."""
+    import yaml
+
+    tree = yaml.safe_load(C.to_yaml(load_config(None, ["env.id=metaworld", "env.task=reach-v3"])))
+    for section in C.ENV_IDS:
+        tree["env"].pop(section)
+    tree["env"].update(camera="corner3", horizon=5, task_seed=7, mesh_lod=0.04)  # the flat layout
+    cfg = C.config_from_yaml_text(yaml.safe_dump(tree))
+    assert (cfg.env.metaworld.camera, cfg.env.metaworld.task_seed, cfg.env.metaworld.mesh_lod) == ("corner3", 7, 0.04)
+    assert cfg.env.structured == C.StructuredEnvConfig()  # another env's old key had no effect: dropped

@@ -22,7 +22,7 @@ def test_two_processes_stay_in_sync_and_learn(tmp_path):
     cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(WORKER),
            str(tmp_path), f"output_dir={tmp_path}", "name=ddp", "device=cpu", "logging.progress_bar=false",
-           "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=32", "env.num_goals=4",
+           "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=32", "env.structured.num_goals=4",
            "ppo.num_steps=4", "ppo.total_timesteps=3072", "ppo.num_minibatches=2", "head.fit_epochs=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,7 +58,7 @@ def test_two_processes_train_a_vla_in_sync(tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518", str(WORKER),
            str(tmp_path), f"output_dir={tmp_path}", "name=ddp-vla", "device=cpu", "logging.progress_bar=false",
            "logging.tensorboard=false", "logging.plot_every=0", "policy.type=vla", f"model.name_or_path={model}",
-           "env.observation=image", "env.action_dims=7", "env.num_bins=256", "env.num_envs=8", "env.num_goals=1",
+           "env.observation=image", "env.action_dims=7", "env.num_bins=256", "env.num_envs=8", "env.structured.num_goals=1",
            "ppo.num_steps=2", "ppo.total_timesteps=48", "ppo.num_minibatches=2", "ppo.learning_rate=1e-3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,9 +5,9 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
+from vla_structppo.checkpoints import build_agent
 from vla_structppo.config import load_config
 from vla_structppo.envs import StructuredTaskSpec, StructuredTaskVectorEnv, make_env
-from vla_structppo.train.agent import Agent
 from vla_structppo.train.rollout import RolloutState, collect_rollout
 
 
@@ -48,11 +48,11 @@ def test_supports_vla_shape_d7_k256_sequential():
 
 
 def test_next_step_autoreset_marks_reset_steps_invalid():
-    cfg = load_config(None, ["env.horizon=2", "env.num_envs=3", "env.autoreset_mode=next_step", "ppo.num_steps=6", "ppo.num_minibatches=2"])
+    cfg = load_config(None, ["env.structured.horizon=2", "env.num_envs=3", "env.structured.autoreset_mode=next_step", "ppo.num_steps=6", "ppo.num_minibatches=2"])
     env = make_env(cfg.env, 3, seed=0)
     assert env.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
     torch.manual_seed(0)
-    agent = Agent.from_config(cfg, env)
+    agent = build_agent(cfg, obs_dim=env.single_observation_space.shape[0])
     obs, _ = env.reset(seed=0)
     ro = collect_rollout(agent, env, RolloutState(obs, np.zeros(3, bool)), 6, torch.device("cpu"))
     # steps 0,1 episode; 2 reset; 3,4 episode; 5 reset

@@ -7,22 +7,22 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from vla_structppo import checkpoints as ckpt
 from vla_structppo import eval as ev
-from vla_structppo.config import load_config, to_yaml
-from vla_structppo.train import checkpoint as ckpt
+from vla_structppo.checkpoints import load_agent
+from vla_structppo.config import load_config
 from vla_structppo.train import ppo
 from vla_structppo.train.ppo import TIMING_PREFIXES, train
 
 D, K = 7, 256
 RUN = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=8",
-       "ppo.num_steps=4", "env.horizon=2", "env.action_dims=3", "env.num_bins=5", "ppo.num_minibatches=2"]
+       "ppo.num_steps=4", "env.structured.horizon=2", "env.action_dims=3", "env.num_bins=5", "ppo.num_minibatches=2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +39,26 @@ def mlp_run(tmp_path_factory) -> Path:
 def vla_checkpoint(tmp_path_factory) -> Path:
     """An SFT-style checkpoint of a tiny LLaVA (adapter + processor + action tokenizer + config.yaml)
     inside a run dir, for image observations."""
+    from helpers import vla_policy
+
     from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-    from vla_structppo.policies.vla_loading import load_vla_policy
 
     root = tmp_path_factory.mktemp("vla")
     base = save_tiny_vla("llava", root / "base", seed=0)
     write_action_tokenizer(base, D, K)
     cfg = load_config(None, ["policy.type=vla", f"model.name_or_path={base}", "env.observation=image",
-                             f"env.action_dims={D}", f"env.num_bins={K}", "env.horizon=2", "env.image_size=16",
+                             f"env.action_dims={D}", f"env.num_bins={K}", "env.structured.horizon=2", "env.image_size=16",
                              f"output_dir={root}", "name=sft"])
     torch.manual_seed(0)
-    policy = load_vla_policy(cfg)
+    policy = vla_policy(cfg)
     with torch.no_grad():  # move the adapter off its zero init so the checkpoint differs from the base
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     where = cfg.run_dir / "checkpoints" / "000001"
     where.mkdir(parents=True)
-    policy.save_pretrained(where)
-    (where / "config.yaml").write_text(to_yaml(cfg))
-    (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    ckpt.save_agent(policy, where, cfg)
+    (cfg.run_dir / "config.yaml").write_text((where / "config.yaml").read_text())
     return where
 
 
@@ -130,7 +130,7 @@ def test_results_json_and_md_follow_the_schema(mlp_run, tmp_path, capsys):
     for key in ("checkpoint", "env", "deterministic", "seed", "num_episodes", "tasks", "overall", "command", "wall_s"):
         assert key in data, key
     assert data["checkpoint"] == str(mlp_run) and data["command"] == " ".join(sys.argv)
-    assert data["env"]["horizon"] == 2 and data["env"]["id"] == "structured"  # the checkpoint's env
+    assert data["env"]["structured"]["horizon"] == 2 and data["env"]["id"] == "structured"  # the checkpoint's env
     assert list(data["tasks"]) == ["structured"]
     summary_keys = {"success_rate", "ci95", "episodes", "successes", "mean_length", "mean_return"}
     for s in [*data["tasks"].values(), data["overall"]]:
@@ -146,15 +146,16 @@ def test_results_json_and_md_follow_the_schema(mlp_run, tmp_path, capsys):
 
 
 def test_env_overrides_evaluate_elsewhere(mlp_run, tmp_path):
-    agent, cfg = ev.load_agent(mlp_run, ["env.horizon=3"])
-    assert cfg.env.horizon == 3 and not agent.training
-    ev.run_eval(eval_cfg(tmp_path, mlp_run, "env.horizon=3"))  # a recipe / command-line env field wins
+    agent, cfg = load_agent(mlp_run, ["env.structured.horizon=3"])
+    assert cfg.env.structured.horizon == 3 and not agent.training
+    # a recipe / command-line env field wins over the checkpoint's
+    ev.run_eval(eval_cfg(tmp_path, mlp_run), env_settings={"structured": {"horizon": 3}})
     data = read_results(mlp_run)
-    assert data["env"]["horizon"] == 3 and data["overall"]["mean_length"] > 2
+    assert data["env"]["structured"]["horizon"] == 3 and data["overall"]["mean_length"] > 2
 
 
 def test_episode_slots_are_exact_per_task(mlp_run):
-    agent, cfg = ev.load_agent(mlp_run)
+    agent, cfg = load_agent(mlp_run)
     for n, envs in ((1, 4), (5, 2), (7, 3)):
         r = ev.evaluate_policy(agent, cfg.env, num_episodes=n, seed=3, num_envs=envs)
         assert r["tasks"]["structured"]["episodes"] == n and r["overall"]["episodes"] == n
@@ -163,10 +164,15 @@ def test_episode_slots_are_exact_per_task(mlp_run):
 def test_multi_task_envs_get_num_episodes_per_task(mlp_run, monkeypatch):
     from vla_structppo.envs import StructuredTaskVectorEnv
 
-    # a multi-task env names each env's task; here 3 envs: task a, b, a
-    monkeypatch.setattr(StructuredTaskVectorEnv, "env_tasks", property(
-        lambda self: ["a" if j % 2 == 0 else "b" for j in range(self.num_envs)]), raising=False)
-    agent, cfg = ev.load_agent(mlp_run)
+    # a multi-task env names each env's task (task_labels of the env contract); here 3 envs: task a, b, a
+    init = StructuredTaskVectorEnv.__init__
+
+    def labelled(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.task_labels = ["a" if j % 2 == 0 else "b" for j in range(self.num_envs)]
+
+    monkeypatch.setattr(StructuredTaskVectorEnv, "__init__", labelled)
+    agent, cfg = load_agent(mlp_run)
     r = ev.evaluate_policy(agent, cfg.env, num_episodes=5, seed=3, num_envs=3)
     assert list(r["tasks"]) == ["a", "b"]
     assert [s["episodes"] for s in r["tasks"].values()] == [5, 5] and r["overall"]["episodes"] == 10
@@ -214,10 +220,6 @@ def test_compare_mode_on_the_same_seeds(mlp_run, tmp_path):
 
 
 def test_expert_mode(mlp_run, tmp_path):
-    from vla_structppo.envs import StructuredTaskVectorEnv
-
-    if not hasattr(StructuredTaskVectorEnv, "expert_bins"):
-        pytest.skip("the structured env has no expert_bins() yet")
     ev.run_eval(eval_cfg(tmp_path, mlp_run, "eval.expert=true"))
     data = read_results(mlp_run)
     expert = data["compare"]["expert"]
@@ -227,30 +229,31 @@ def test_expert_mode(mlp_run, tmp_path):
 
 # -- errors, hub seam --------------------------------------------------------------------------------------
 def test_missing_checkpoint_is_a_clear_error(tmp_path, mlp_run, capsys):
+    from vla_structppo.cli import main
+
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
-        ev.load_agent(tmp_path / "nope")
+        load_agent(tmp_path / "nope")
     with pytest.raises(SystemExit) as exit_info:
-        ev.main_eval(eval_cfg(tmp_path, tmp_path / "nope"))
+        main(["eval", f"output_dir={tmp_path}", f"eval.checkpoint={tmp_path / 'nope'}"])
     assert exit_info.value.code == 2
     assert "nope" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(ckpt.list_checkpoints(mlp_run)[-1], broken)
     (broken / "policy.safetensors").unlink()
     with pytest.raises(ckpt.CheckpointError, match="policy.safetensors"):
-        ev.load_agent(broken)
+        load_agent(broken)
     from vla_structppo.config import ConfigError
 
     with pytest.raises(ConfigError, match="eval.checkpoint"):
         ev.run_eval(load_config(None, [f"output_dir={tmp_path}"]))
 
 
-def test_hf_paths_go_through_the_hub_module(mlp_run, monkeypatch):
+def test_hf_paths_resolve_in_one_place(mlp_run, monkeypatch):
     calls = []
-    fake = types.ModuleType("vla_structppo.hub")
-    fake.resolve_checkpoint = lambda uri: calls.append(uri) or ckpt.list_checkpoints(mlp_run)[-1]
-    monkeypatch.setitem(sys.modules, "vla_structppo.hub", fake)
-    agent, cfg = ev.load_agent("hf://org/name@v1")
-    assert calls == ["hf://org/name@v1"] and cfg.env.horizon == 2
+    monkeypatch.setattr("vla_structppo.checkpoints.locate.download",
+                        lambda uri: calls.append(uri) or ckpt.list_checkpoints(mlp_run)[-1])
+    agent, cfg = load_agent("hf://org/name@v1")
+    assert calls == ["hf://org/name@v1"] and cfg.env.structured.horizon == 2
 
 
 # -- during training -------------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ import torch
 import yaml
 from PIL import Image
 
+from vla_structppo.checkpoints import HubError, parse_hf_uri, validate_repo_id
 from vla_structppo.config import load_config
-from vla_structppo.hub import HubError, model_card, parse_hf_uri, push_run, stage_run, validate_repo_id
+from vla_structppo.hub import model_card, push_run, stage_run
 
 D, K = 7, 256
 REPO = "test-org/tiny-vla-ppo"
@@ -53,7 +54,7 @@ RESULTS = {
 
 def vla_overrides(path: Path, *extra: str) -> list[str]:
     return ["policy.type=vla", f"model.name_or_path={path}", "env.observation=image", f"env.action_dims={D}",
-            f"env.num_bins={K}", "env.horizon=1", "env.num_goals=1", *extra]
+            f"env.num_bins={K}", "env.structured.horizon=1", "env.structured.num_goals=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +208,13 @@ def test_bad_input_fails_before_anything_is_sent(run, monkeypatch, tmp_path):
     assert validate_repo_id("org/name.v2_x") == "org/name.v2_x"
 
 
-def test_cli_args_are_parsed_strictly(run, monkeypatch, capsys):
-    from vla_structppo.hub import main_push
+def main_push(run_dir: str, args: list[str]) -> None:
+    from vla_structppo.cli import main
 
+    main(["push", run_dir, *args])
+
+
+def test_cli_args_are_parsed_strictly(run, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     hub = FakeHub(monkeypatch)
     for args, msg in ((["repo_id=org/x", "privat=true"], "unknown key 'privat'; valid keys: repo_id, private"),
@@ -226,8 +231,6 @@ def test_token_is_never_written(run, monkeypatch, tmp_path, caplog, capfd):
     secret = "hf_" + secrets.token_hex(16)
     monkeypatch.setenv("HF_TOKEN", secret)
     hub = FakeHub(monkeypatch)
-    from vla_structppo.hub import main_push
-
     with caplog.at_level(logging.DEBUG):
         main_push(str(run["run"]), [f"repo_id={REPO}"])
     assert all(c[3] == secret for c in hub.calls)  # the client got it ...
@@ -270,15 +273,16 @@ def child_env(endpoint: str, tmp: Path, **extra: str) -> dict[str, str]:
 
 NO_NETWORK = """
 import json, sys
-from vla_structppo.hub import HubError, main_push, resolve_checkpoint
+from vla_structppo.checkpoints import HubError, resolve
+from vla_structppo.cli import main
 out = {}
 try:
-    resolve_checkpoint("hf://test-org/tiny-vla-ppo")
+    resolve("hf://test-org/tiny-vla-ppo")
 except HubError as err:
     out["pull"] = str(err)
 print(json.dumps(out))
 sys.stdout.flush()
-main_push(sys.argv[1], ["repo_id=test-org/tiny-vla-ppo"])
+main(["push", sys.argv[1], "repo_id=test-org/tiny-vla-ppo"])
 """
 
 
@@ -310,16 +314,16 @@ def observations(n: int = 3) -> dict:
     from vla_structppo.envs import make_env
 
     cfg = load_config(None, ["env.observation=image", "policy.type=vla", "model.name_or_path=x",
-                             f"env.action_dims={D}", f"env.num_bins={K}", "env.horizon=3"])
+                             f"env.action_dims={D}", f"env.num_bins={K}", "env.structured.horizon=3"])
     obs, _ = make_env(cfg.env, n, seed=0).reset(seed=0)
     obs["instruction"] = np.array(["go", "move the point to the goal", "reach it"][:n])
     return obs
 
 
 def greedy(tiny: Path, init_from: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from vla_structppo.policies.vla_loading import load_vla_policy
+    from helpers import vla_policy
 
-    policy = load_vla_policy(load_config(None, vla_overrides(tiny, f"init_from={init_from}")))
+    policy = vla_policy(load_config(None, vla_overrides(tiny, f"init_from={init_from}")))
     with torch.no_grad():
         out = policy.act(policy.prepare(observations()), deterministic=True)
     return out.actions, out.logp
@@ -329,12 +333,12 @@ PULL = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[3])
 from test_hub import greedy
-from vla_structppo.hub import HubError, resolve_checkpoint
+from vla_structppo.checkpoints import HubError, resolve
 tiny, out_file = sys.argv[1], sys.argv[2]
-res = {"main": str(resolve_checkpoint("hf://test-org/tiny-vla-ppo")),
-       "v1": str(resolve_checkpoint("hf://test-org/tiny-vla-ppo@v1"))}
+res = {"main": str(resolve("hf://test-org/tiny-vla-ppo")),
+       "v1": str(resolve("hf://test-org/tiny-vla-ppo@v1"))}
 try:
-    resolve_checkpoint("hf://test-org/no-such-repo")
+    resolve("hf://test-org/no-such-repo")
 except HubError as err:
     res["missing"] = str(err)
 acts = {rev: greedy(__import__("pathlib").Path(tiny), uri) for rev, uri in

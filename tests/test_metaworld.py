@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from vla_structppo.config import EnvConfig, TrainConfig
+from vla_structppo.config import EnvConfig, MetaWorldEnvConfig, TrainConfig
 
 pytestmark = [
     pytest.mark.sim,
@@ -18,9 +18,11 @@ pytestmark = [
 
 
 def env_cfg(**kw) -> EnvConfig:
+    """A MetaWorld env config; MetaWorld's own settings (camera, mesh_lod ...) go into env.metaworld."""
     base = dict(id="metaworld", task="reach-v3", action_dims=4, num_bins=256, observation="image", image_size=32,
                 max_episode_steps=150, terminate_on_success=True)
-    return EnvConfig(**{**base, **kw})
+    own = {k: kw.pop(k) for k in list(kw) if k in {f.name for f in dataclasses.fields(MetaWorldEnvConfig)}}
+    return EnvConfig(**{**base, **kw}, metaworld=MetaWorldEnvConfig(**own))
 
 
 def make(num_envs: int = 2, seed: int = 0, **kw):
@@ -124,7 +126,7 @@ def test_wrong_action_dims_is_refused():
 def test_mt10_cycles_tasks_with_instructions():
     env = make(3, task="MT10", observation="state")
     try:
-        assert env.env_tasks == ["reach-v3", "push-v3", "pick-place-v3"]
+        assert env.task_labels == ["reach-v3", "push-v3", "pick-place-v3"]
         assert list(env.instructions) == ["reach the goal", "push the puck to the goal",
                                           "pick up the puck and place it at the goal"]
         env.reset(seed=0)
@@ -149,7 +151,8 @@ def test_async_matches_sync():
 
 
 def test_record_demos_keeps_successful_expert_episodes(tmp_path):
-    from vla_structppo.envs.demos import load_demos, record_demos, save_demos
+    from vla_structppo.data.demos import load_demos, save_demos
+    from vla_structppo.data.record import record_demos
 
     cfg = TrainConfig()
     cfg.env = env_cfg(task="button-press-topdown-v3", num_envs=2, state_obs=True)
@@ -166,10 +169,10 @@ def test_record_demos_keeps_successful_expert_episodes(tmp_path):
 
 def test_tiny_vla_runs_a_rendered_episode(tmp_path):
     import torch
+    from helpers import vla_policy
 
     from vla_structppo.config import load_config
     from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-    from vla_structppo.policies.vla_loading import load_vla_policy
 
     model_dir = save_tiny_vla("llava", tmp_path / "vla")
     write_action_tokenizer(model_dir, action_dims=4, num_bins=256)
@@ -178,7 +181,7 @@ def test_tiny_vla_runs_a_rendered_episode(tmp_path):
                              "env.max_episode_steps=4", "env.image_size=32"])
     env = make(2, max_episode_steps=4)
     try:
-        policy = load_vla_policy(cfg, bounds=env.action_bounds)
+        policy = vla_policy(cfg, bounds=env.action_bounds)
         obs, _ = env.reset(seed=0)
         for _ in range(4):
             with torch.no_grad():

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from vla_structppo.config import load_config
-from vla_structppo.envs.demos import DemoDatasetError, record_demos, recording_mismatches, save_demos
+from vla_structppo.data.demos import DemoDatasetError, recording_mismatches, save_demos
+from vla_structppo.data.record import record_demos
 from vla_structppo.pipeline import run_pipeline
 
 
@@ -17,7 +18,7 @@ def _cfg(tmp_path, *extra: str):
     return load_config(None, [
         f"output_dir={tmp_path / 'runs'}", "name=pipe", "policy.type=vla", "model.tiny_arch=llava",
         f"model.name_or_path={tmp_path / 'tiny'}", "env.observation=image", "env.image_size=32",
-        "env.action_dims=3", "env.num_bins=256", "env.num_goals=4", "env.num_envs=8",
+        "env.action_dims=3", "env.num_bins=256", "env.structured.num_goals=4", "env.num_envs=8",
         f"sft.dataset={tmp_path / 'demos'}", "sft.max_samples=32", "sft.num_epochs=2", "sft.bounds=model",
         "ppo.num_steps=2", "ppo.total_timesteps=32", "ppo.num_minibatches=2", "eval.num_episodes=6",
         "eval.num_envs=3", "eval.videos=0", "logging.progress_bar=false", "logging.tensorboard=false", *extra,
@@ -43,8 +44,8 @@ def test_pipeline_runs_every_stage_and_compares_on_the_same_seeds(tmp_path):
 def test_pipeline_refuses_demos_recorded_with_other_settings(tmp_path):
     cfg = _cfg(tmp_path)
     save_demos(record_demos(cfg), cfg.sft.dataset, cfg)
-    other = _cfg(tmp_path, "env.num_goals=5")
-    assert recording_mismatches(cfg.sft.dataset, other) == ["env.num_goals: 4 -> 5"]
-    with pytest.raises(DemoDatasetError, match=r"env.num_goals: 4 -> 5.*delete that dir"):
+    other = _cfg(tmp_path, "env.structured.num_goals=5")
+    assert recording_mismatches(cfg.sft.dataset, other) == ["env.structured.num_goals: 4 -> 5"]
+    with pytest.raises(DemoDatasetError, match=r"env.structured.num_goals: 4 -> 5.*delete that dir"):
         run_pipeline(other)
     assert not other.run_dir.joinpath("sft").exists()  # refused before any training

@@ -13,18 +13,13 @@ import pytest
 import torch
 
 from vla_structppo.config import ConfigError, load_config
-from vla_structppo.envs.demos import (
-    DemoDatasetError,
-    expert_bins,
-    load_demos,
-    save_demos,
-    structured_demos,
-)
-from vla_structppo.envs.registry import make_env
+from vla_structppo.data.demos import DemoDatasetError, load_demos, save_demos
+from vla_structppo.data.record import structured_demos
+from vla_structppo.envs import make_env
 from vla_structppo.train.sft import sft
 
 # image-mode structured bandit at the VLA's shape; 8 goals = 8 distinct contexts in the demos
-ENV = ["env.action_dims=7", "env.num_bins=256", "env.horizon=1", "env.num_goals=8"]
+ENV = ["env.action_dims=7", "env.num_bins=256", "env.structured.horizon=1", "env.structured.num_goals=8"]
 TASK = ["policy.type=vla", "env.observation=image", *ENV, "logging.progress_bar=false", "logging.tensorboard=false",
         "logging.plot_every=0"]
 # measured: 100% token accuracy by epoch 15-20 on seeds 1-5 (about 5 s on one CPU thread)
@@ -55,10 +50,10 @@ def cloned(work):
 
 # -- demonstrations ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides", [
-    ["env.num_bins=256", "env.horizon=1"],
-    ["env.num_bins=256", "env.horizon=3"],  # even K: plain greedy would overshoot; the expert must not
-    ["env.num_bins=11", "env.horizon=4", "env.goal_reach=0.5"],
-    ["env.num_bins=256", "env.horizon=3", "env.terminate_on_success=true"],
+    ["env.num_bins=256", "env.structured.horizon=1"],
+    ["env.num_bins=256", "env.structured.horizon=3"],  # even K: plain greedy would overshoot; the expert must not
+    ["env.num_bins=11", "env.structured.horizon=4", "env.structured.goal_reach=0.5"],
+    ["env.num_bins=256", "env.structured.horizon=3", "env.terminate_on_success=true"],
 ])
 def test_expert_demos_reach_every_goal(overrides):
     cfg = load_config(None, overrides)
@@ -69,7 +64,7 @@ def test_expert_demos_reach_every_goal(overrides):
     assert len(row["action"]) == 7
     # the recorded actions are exactly env moves: replaying them reaches the goal of every full episode
     env = make_env(cfg.env, 1, seed=0)
-    grid = env.moves(np.arange(cfg.env.num_bins))
+    grid = env.grid.values()[:, 0]  # the K moves of a dim
     actions = np.asarray(ds["action"], dtype=np.float64)
     assert np.abs(actions[..., None] - grid).min(-1).max() < 1e-6
 
@@ -78,12 +73,12 @@ def test_expert_bins_at_horizon_one_cancel_the_error():
     cfg = load_config(None, ["env.num_bins=256"])
     env = make_env(cfg.env, 32, seed=0)
     env.reset(seed=0)
-    bins = expert_bins(env, env._err, np.ones(32, dtype=np.int64))
+    bins = env.expert_bins()
     np.testing.assert_allclose(env._err + env.moves(bins), 0.0, atol=1e-9)
 
 
 def test_demos_round_trip_with_stats(tmp_path):
-    cfg = load_config(None, ["env.num_bins=256", "env.num_goals=4"])
+    cfg = load_config(None, ["env.num_bins=256", "env.structured.num_goals=4"])
     path = save_demos(structured_demos(cfg.env, 32, seed=0), tmp_path / "d")
     ds, stats = load_demos(path)
     actions = np.asarray(ds["action"], dtype=np.float64)
@@ -126,8 +121,8 @@ def test_checkpoint_layout(cloned):
 
 def test_checkpoint_starts_ppo(cloned, work):
     """PPO from ``init_from`` = the SFT checkpoint acts like the cloned policy before its first update."""
-    from vla_structppo.train.agent import Agent
-    from vla_structppo.train.ppo import _init_from, train
+    from vla_structppo.checkpoints import build_agent, resolve
+    from vla_structppo.train.ppo import train
 
     ppo_overrides = [*TASK, f"init_from={cloned.checkpoint}", f"output_dir={work / 'runs'}", "name=ppo",
                      "env.num_envs=8", "ppo.num_steps=2", "ppo.total_timesteps=16", "ppo.num_minibatches=2",
@@ -136,14 +131,13 @@ def test_checkpoint_starts_ppo(cloned, work):
     assert cfg.model.name_or_path is None  # the base model is found through the checkpoint's config.yaml
     envs = make_env(cfg.env, 8, seed=5)
     obs, _ = envs.reset(seed=5)
-    agent = Agent.from_config(cfg, envs)
-    _init_from(agent, cfg.init_from)
+    agent = build_agent(cfg, start_from=resolve(cfg.init_from))
     with torch.no_grad():
         mine = agent.policy.act(agent.policy.prepare(obs), deterministic=True).actions
         theirs = cloned.policy.act(cloned.policy.prepare(obs), deterministic=True).actions
     assert torch.equal(mine, theirs)
     # and it is the expert's action, so the adapter (not the bare model) was loaded
-    expert = expert_bins(envs, envs._err, np.ones(8, dtype=np.int64))
+    expert = envs.expert_bins()
     assert (mine.numpy() == expert).mean() >= 0.9
 
     result = train(cfg)
@@ -155,7 +149,7 @@ def test_checkpoint_starts_ppo(cloned, work):
 
 
 def test_dataset_bounds_go_into_the_action_tokenizer(work, tmp_path):
-    cfg = load_config(None, ["env.num_bins=256", "env.num_goals=2", "env.goal_reach=0.5"])
+    cfg = load_config(None, ["env.num_bins=256", "env.structured.num_goals=2", "env.structured.goal_reach=0.5"])
     save_demos(structured_demos(cfg.env, 16, seed=0), tmp_path / "narrow")
     _, stats = load_demos(tmp_path / "narrow")
     overrides = _overrides(work, f"sft.dataset={tmp_path / 'narrow'}", "sft.num_epochs=1", "sft.batch_size=16",

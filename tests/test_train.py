@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from vla_structppo import checkpoints as ckpt
 from vla_structppo.config import load_config
-from vla_structppo.train import checkpoint as ckpt
 from vla_structppo.train import ppo
 from vla_structppo.train.ppo import TIMING_PREFIXES, NonFiniteLossError, train
 
@@ -23,7 +23,7 @@ def test_reaches_90_percent_of_optimal_on_additive_d7(tmp_path, mode):
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"name={mode}", "seed=1", "logging.progress_bar=false",
         "logging.tensorboard=false", "logging.plot_every=0", "env.action_dims=7", "env.num_bins=11",
-        "env.num_goals=4", "env.num_envs=64", "ppo.num_steps=4", "ppo.total_timesteps=8192",
+        "env.structured.num_goals=4", "env.num_envs=64", "ppo.num_steps=4", "ppo.total_timesteps=8192",
         "head.fit_epochs=4", f"credit.mode={mode}",
     ])
     result = train(cfg)
@@ -41,7 +41,7 @@ def test_rollout_logp_equals_first_minibatch_logp(quick_overrides, policy):
 
 def test_resume_continues_exactly(tmp_path):
     common = [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
-              "logging.plot_every=2", "env.num_envs=8", "ppo.num_steps=4", "env.horizon=3", "env.noise_std=0.1",
+              "logging.plot_every=2", "env.num_envs=8", "ppo.num_steps=4", "env.structured.horizon=3", "env.structured.noise_std=0.1",
               "policy.type=ar_mlp", "ppo.num_minibatches=2", "ppo.total_timesteps=128"]  # 4 updates
     full = train(load_config(None, common + ["name=full", "logging.checkpoint_every=0"]))
     assert len(full.history) == 4
@@ -100,7 +100,7 @@ def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrid
         train(cfg)
     run = cfg.run_dir
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["000001", "000002"]
-    last = ckpt.find_checkpoint(run)
+    last = ckpt.resolve(run)
     assert last.name == "000002"
     from safetensors.torch import load_file
 
@@ -113,7 +113,7 @@ def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrid
 def test_checkpoint_layout_and_strict_load(quick_overrides, tmp_path):
     cfg = load_config(None, quick_overrides + ["name=ck", "ppo.total_timesteps=128"])
     train(cfg)
-    last = ckpt.find_checkpoint(cfg.run_dir)
+    last = ckpt.resolve(cfg.run_dir)
     names = {p.name for p in last.iterdir()}
     assert names == {"policy.safetensors", "value_head.safetensors", "advantage_head.safetensors",
                      "trainer_state.pt", "rank_0.pt", "config.yaml"}

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import vla_policy, vla_preflight
 from safetensors.torch import load_file
 
+from vla_structppo.checkpoints import CheckpointError
 from vla_structppo.config import load_config
 from vla_structppo.envs import make_env
 from vla_structppo.policies.action_tokenizer import ActionTokenizerError
 from vla_structppo.policies.tiny import TINY_ARCHS, save_tiny_vla, write_action_tokenizer
-from vla_structppo.policies.vla_arch import ARCHS, UnsupportedArchitectureError
-from vla_structppo.policies.vla_loading import VLACheckpointError, load_vla_policy, preflight
+from vla_structppo.policies.vla_arch import ARCHS, UnsupportedArchitectureError, VLACheckpointError
 
 D, K = 7, 256
 LM_PATH = {"paligemma": "model.language_model", "paligemma2": "model.language_model",
@@ -49,13 +50,13 @@ def vla_overrides(path: Path, *extra: str) -> list[str]:
 
 def make_policy(path: Path, *extra: str):
     torch.manual_seed(0)
-    return load_vla_policy(load_config(None, vla_overrides(path, *extra)))
+    return vla_policy(load_config(None, vla_overrides(path, *extra)))
 
 
 def observations(n: int = 4, seed: int = 0) -> dict:
     """Image observations whose instructions differ in length, so prompts are left-padded differently."""
     cfg = load_config(None, ["env.observation=image", "policy.type=vla", "model.name_or_path=x",
-                             f"env.action_dims={D}", f"env.num_bins={K}", "env.horizon=3"])
+                             f"env.action_dims={D}", f"env.num_bins={K}", "env.structured.horizon=3"])
     env = make_env(cfg.env, n, seed=seed)
     obs, _ = env.reset(seed=seed)
     words = ["go", "move the point to the goal", "reach it now please", "move the point to the goal in 3 steps"]
@@ -143,7 +144,7 @@ def test_reference_policy_is_the_base_model(tiny_dirs):
         adapted = policy.evaluate(inputs, actions).logp
         with policy.reference():
             ref = policy.evaluate(inputs, actions).logp
-    base = load_vla_policy(load_config(None, vla_overrides(tiny_dirs["llava"], "model.lora.enabled=false")))
+    base = vla_policy(load_config(None, vla_overrides(tiny_dirs["llava"], "model.lora.enabled=false")))
     with torch.no_grad():
         assert torch.allclose(ref, base.evaluate(inputs, actions).logp, atol=1e-5)
     assert not torch.allclose(adapted, ref, atol=1e-3)
@@ -154,7 +155,7 @@ def quick_vla_run(path: Path, tmp: Path, name: str, *extra: str):
     from vla_structppo.train.ppo import train
 
     cfg = load_config(None, vla_overrides(
-        path, "env.horizon=1", "env.num_goals=1", "env.num_envs=4", "ppo.num_steps=2", "ppo.total_timesteps=16",
+        path, "env.structured.horizon=1", "env.structured.num_goals=1", "env.num_envs=4", "ppo.num_steps=2", "ppo.total_timesteps=16",
         "ppo.num_minibatches=2", "ppo.num_epochs=1", "ppo.learning_rate=1e-3", f"output_dir={tmp}", f"name={name}",
         "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0",
         "logging.checkpoint_every=1", "logging.keep_checkpoints=5", *extra))
@@ -191,7 +192,7 @@ def test_training_changes_adapter_and_heads_only_and_reloads_exactly(arch, tiny_
         assert any(not torch.equal(a[k], b[k]) for k in a)
 
     # save -> load: a fresh policy from the checkpoint acts and scores identically
-    fresh = load_vla_policy(load_config(None, vla_overrides(tiny_dirs[arch], f"init_from={last}")))
+    fresh = vla_policy(load_config(None, vla_overrides(tiny_dirs[arch], f"init_from={last}")))
     inputs = agent.policy.prepare(observations(3))
     with torch.no_grad():
         out = agent.policy.act(inputs, deterministic=True)
@@ -243,7 +244,7 @@ def test_added_action_tokens_train_and_reload(tiny_dirs, tmp_path):
         opt.step()
     policy.save_pretrained(tmp_path)
     (tmp_path / "config.yaml").write_text("")  # init_from reads the base path from the recipe instead
-    fresh = load_vla_policy(load_config(None, vla_overrides(tiny_dirs["llava"], "model.action_tokens=add",
+    fresh = vla_policy(load_config(None, vla_overrides(tiny_dirs["llava"], "model.action_tokens=add",
                                                             "env.num_bins=16", f"init_from={tmp_path}")))
     assert fresh.action_tokenizer.token_ids == at.token_ids
     with torch.no_grad():
@@ -254,7 +255,7 @@ def test_ppo_with_a_tiny_vla_raises_the_return(tiny_dirs, tmp_path):
     from vla_structppo.train.ppo import train
 
     cfg = load_config(None, vla_overrides(
-        tiny_dirs["llava"], "env.horizon=1", "env.num_goals=1", "env.num_envs=16", "ppo.num_steps=4",
+        tiny_dirs["llava"], "env.structured.horizon=1", "env.structured.num_goals=1", "env.num_envs=16", "ppo.num_steps=4",
         "ppo.total_timesteps=1280", "ppo.num_minibatches=2", "ppo.num_epochs=2", "ppo.learning_rate=5e-4",
         "ppo.lr_schedule=constant", f"output_dir={tmp_path}", "name=learn", "logging.progress_bar=false",
         "logging.tensorboard=false", "logging.plot_every=0", "logging.checkpoint_every=0"))
@@ -284,19 +285,19 @@ def write_config(path: Path, **config) -> Path:
 def test_vocabulary_too_small_for_the_bins(tmp_path, no_weight_loading):
     d = write_config(tmp_path / "m", model_type="llava", text_config={"vocab_size": 200})
     with pytest.raises(ActionTokenizerError, match="cannot hold 256 action bins.*action_tokens=add"):
-        preflight(load_config(None, vla_overrides(d)))
+        vla_preflight(load_config(None, vla_overrides(d)))
 
 
 def test_action_dims_must_match_the_env(tiny_dirs, no_weight_loading):
     cfg = load_config(None, vla_overrides(tiny_dirs["llava"], "env.action_dims=3"))
     with pytest.raises(ActionTokenizerError, match=r"7 dims x 256 bins.*env.action_dims=3"):
-        preflight(cfg)
+        vla_preflight(cfg)
 
 
 def test_unsupported_architecture_lists_the_supported(tmp_path, no_weight_loading):
     d = write_config(tmp_path / "bert", model_type="bert")
     with pytest.raises(UnsupportedArchitectureError) as err:
-        preflight(load_config(None, vla_overrides(d)))
+        vla_preflight(load_config(None, vla_overrides(d)))
     for name in ("paligemma", "qwen2_5_vl", "idefics3", "llava", "PaliGemma2", "SmolVLM"):
         assert name in str(err.value)
 
@@ -304,7 +305,7 @@ def test_unsupported_architecture_lists_the_supported(tmp_path, no_weight_loadin
 def test_remote_code_stays_off_unless_asked(tmp_path, tiny_dirs, monkeypatch):
     d = write_config(tmp_path / "openvla", model_type="openvla", auto_map={"AutoConfig": "x.Config"})
     with pytest.raises(UnsupportedArchitectureError, match="trust_remote_code is false"):
-        preflight(load_config(None, vla_overrides(d)))
+        vla_preflight(load_config(None, vla_overrides(d)))
     # and the loaders are called with trust_remote_code=False by default
     import transformers
 
@@ -324,10 +325,8 @@ def test_checkpoint_missing_a_file_fails_clearly(tiny_dirs, tmp_path):
     result = quick_vla_run(tiny_dirs["llava"], tmp_path, "run")
     ckpt = sorted((result.run_dir / "checkpoints").glob("0*"))[-1]
     (ckpt / "adapter_model.safetensors").unlink()
-    with pytest.raises(VLACheckpointError, match="adapter_model.safetensors"):
-        preflight(load_config(None, vla_overrides(tiny_dirs["llava"], f"init_from={ckpt}")))
-    from vla_structppo.train.checkpoint import CheckpointError
-
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
+        vla_preflight(load_config(None, vla_overrides(tiny_dirs["llava"], f"init_from={ckpt}")))
     with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
         quick_vla_run(tiny_dirs["llava"], tmp_path, "run2", f"resume={ckpt}")
 
@@ -343,7 +342,7 @@ def test_policy_vla_needs_a_model_and_images():
 
 def test_missing_model_dir_fails_before_loading(tmp_path, no_weight_loading):
     with pytest.raises(VLACheckpointError, match="no such directory.*make_tiny_vla"):
-        preflight(load_config(None, vla_overrides(tmp_path / "nope")))
+        vla_preflight(load_config(None, vla_overrides(tmp_path / "nope")))
 
 
 @pytest.mark.parametrize("arch", ["smolvlm", "paligemma"])
@@ -354,7 +353,7 @@ def test_full_finetuning_saves_the_model_and_reloads_exactly(arch, tiny_dirs, tm
     assert trainable and not any(re.match(rf"^{ARCHS[policy.arch.name].vision_model}", n) for n in trainable)
     last = sorted((result.run_dir / "checkpoints").glob("0*"))[-1]
     assert (last / "model.safetensors").is_file() and not (last / "adapter_model.safetensors").exists()
-    fresh = load_vla_policy(load_config(None, vla_overrides(tiny_dirs[arch], "model.lora.enabled=false",
+    fresh = vla_policy(load_config(None, vla_overrides(tiny_dirs[arch], "model.lora.enabled=false",
                                                             f"init_from={last}")))
     inputs = policy.prepare(observations(3))
     with torch.no_grad():

@@ -1,6 +1,8 @@
 """``vla-structppo VERB RECIPE [key.sub=value ...]``: parse, load + validate the config, call one entry point.
 
-Config errors surface before torch, transformers or a simulator is imported.
+Config errors surface before torch, transformers or a simulator is imported. This is the one place that
+turns an error into what the user reads: a :class:`~vla_structppo.errors.UserError` (a bad input, with
+its fix) is printed as one line and exits 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import shlex
 import sys
 from typing import NoReturn
 
-from .config import ConfigError, TrainConfig, field_docs, load_config, to_yaml
+from .config import ConfigError, TrainConfig, explicit_settings, field_docs, load_config, to_yaml
+from .errors import UserError
 
 VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "config")
 
@@ -45,10 +48,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.verb == "push":  # a run dir + its own keys, not a recipe + overrides
-        from .hub import main_push
+    command = shlex.join(["vla-structppo", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        _run(args, command)
+    except UserError as err:
+        _fail(err)
 
-        main_push(args.run_dir, args.args)
+
+def _run(args: argparse.Namespace, command: str) -> None:
+    if args.verb == "push":  # a run dir + its own keys, not a recipe + overrides
+        _push(args.run_dir, args.args)
         return
     recipe = args.recipe
     overrides = list(args.overrides)
@@ -59,40 +68,36 @@ def main(argv: list[str] | None = None) -> None:
         for key, doc in field_docs().items():
             print(f"{key:40s} {doc}")
         return
-    try:
-        cfg = load_config(recipe, overrides)
-    except ConfigError as err:
-        print(f"vla-structppo: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cfg = load_config(recipe, overrides)
     if args.verb == "config":
         print(to_yaml(cfg), end="")
-        return
-    if args.verb == "demos":
+    elif args.verb == "demos":
         _demos(cfg)
-        return
-    if args.verb == "sft":
+    elif args.verb == "sft":
         _sft(cfg)
-        return
-    if args.verb == "eval":
-        from .eval import main_eval
+    elif args.verb == "eval":
+        from .eval import run_eval
 
-        main_eval(cfg)
-        return
-    if args.verb == "pipeline":
+        # every env key the recipe or the command line sets wins over the checkpoint's own env
+        run_eval(cfg, env_settings=explicit_settings(recipe, overrides).get("env"), command=command)
+    elif args.verb == "pipeline":
         from .pipeline import run_pipeline
 
-        try:
-            run_pipeline(cfg)
-        except _user_errors() as err:
-            _fail(err)
-        return
+        run_pipeline(cfg)
+    else:
+        _train(cfg, command)
+
+
+def _fail(err: Exception) -> NoReturn:
+    print(f"vla-structppo: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def _train(cfg: TrainConfig, command: str) -> None:
     # heavy imports only now that the config is known to be good
     from .train.ppo import train
 
-    try:
-        result = train(cfg, command=shlex.join(["vla-structppo", *(sys.argv[1:] if argv is None else argv)]))
-    except _user_errors() as err:
-        _fail(err)
+    result = train(cfg, command=command)
     from accelerate import PartialState
 
     final = result.final
@@ -102,33 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"done: {result.run_dir}  {shown}")
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean 'fix your input' (printed without a traceback, exit 2). FileNotFoundError covers
-    a checkpoint missing a file (CheckpointError, the VLA preflight's VLACheckpointError)."""
-    from .envs.demos import DemoDatasetError
-    from .hub import HubError
-    from .policies.action_tokenizer import ActionTokenizerError
-    from .policies.vla_arch import UnsupportedArchitectureError
-
-    return (ConfigError, ActionTokenizerError, UnsupportedArchitectureError, FileNotFoundError, HubError,
-            DemoDatasetError)
-
-
-def _fail(err: Exception) -> NoReturn:
-    print(f"vla-structppo: error: {err}", file=sys.stderr)
-    raise SystemExit(2) from None
-
-
 def _demos(cfg: TrainConfig) -> None:
     if not cfg.sft.dataset:
-        _fail(ConfigError("demos writes to sft.dataset: set sft.dataset=PATH"))
-    from .envs.demos import record_demos, save_demos
+        raise ConfigError("demos writes to sft.dataset: set sft.dataset=PATH")
+    from .data.demos import save_demos
+    from .data.record import record_demos
 
-    try:
-        ds = record_demos(cfg)
-        path = save_demos(ds, cfg.sft.dataset, cfg)
-    except _user_errors() as err:
-        _fail(err)
+    ds = record_demos(cfg)
+    path = save_demos(ds, cfg.sft.dataset, cfg)
     print(f"wrote {len(ds)} expert steps to {path}")
 
 
@@ -136,16 +122,25 @@ def _sft(cfg: TrainConfig) -> None:
     # heavy imports only now that the config is known to be good
     from .train.sft import sft
 
-    try:
-        result = sft(cfg)
-    except _user_errors() as err:
-        _fail(err)
+    result = sft(cfg)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         final = result.final
         print(f"done: {result.run_dir}  token_accuracy={final.get('sft/final_token_accuracy', float('nan')):.4f}  "
               f"l1={final.get('sft/final_l1', float('nan')):.4f}  checkpoint={result.checkpoint}")
+
+
+def _push(run_dir: str, args: list[str]) -> None:
+    """``vla-structppo push RUN_DIR repo_id=org/name [private=..] [revision=..] [checkpoint=..]``."""
+    from .hub import PUSH_USAGE, parse_push_args, push_run
+
+    if any(a in ("-h", "--help") for a in [run_dir, *args]):
+        print(PUSH_USAGE)
+        return
+    kw = parse_push_args(args)
+    url = push_run(run_dir, kw.pop("repo_id"), **kw)
+    print(f"pushed {run_dir} -> {url}")
 
 
 if __name__ == "__main__":

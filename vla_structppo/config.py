@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cache
@@ -20,12 +21,17 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing g
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import UserError
+
 __all__ = [
     "ConfigError",
     "CreditConfig",
     "DemosConfig",
     "EnvConfig",
     "EvalConfig",
+    "LiberoEnvConfig",
+    "ManiSkillEnvConfig",
+    "MetaWorldEnvConfig",
     "HeadConfig",
     "LoggingConfig",
     "LoraConfig",
@@ -34,9 +40,14 @@ __all__ = [
     "PairConfig",
     "PolicyConfig",
     "SFTConfig",
+    "StructuredEnvConfig",
     "TrainConfig",
+    "apply_overrides",
+    "config_from_yaml_text",
+    "explicit_settings",
     "field_docs",
     "load_config",
+    "merge_settings",
     "to_yaml",
 ]
 
@@ -46,8 +57,6 @@ ENV_IDS = ("structured", "metaworld", "libero", "maniskill")
 VECTOR_MODES = ("sync", "async")
 POLICY_TYPES = ("mlp", "ar_mlp", "vla")
 OBSERVATIONS = ("state", "image")
-# transformers ``model_type`` values the VLA policy supports (policies/vla_arch.py implements them)
-VLA_MODEL_TYPES = ("paligemma", "qwen2_5_vl", "idefics3", "llava")
 ACTION_TOKEN_MODES = ("last_k", "add")
 DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
@@ -59,10 +68,23 @@ SURROGATES = ("per_dim", "mean")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AUTORESET_MODES = ("same_step", "next_step")
+METAWORLD_REWARDS = ("dense", "success")
+# keys of the flat ``env`` section before it was split per environment -> the sections that took them
+# (old recipes get an error naming the new key; old checkpoints' config.yaml is migrated on load)
+MOVED_ENV_KEYS: dict[str, tuple[str, ...]] = {
+    **{k: ("structured",) for k in ("horizon", "dim_weights", "pairs", "noise_std", "max_move", "goal_reach",
+                                    "num_goals", "autoreset_mode")},
+    **{k: ("metaworld",) for k in ("camera", "randomize_goals", "reward", "action_repeat", "mesh_lod")},
+    "task_seed": ("structured", "metaworld"),
+}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that cannot run; the message says what to change."""
+
+
+def _not_one_of(key: str, value: str, options: tuple[str, ...]) -> str:
+    return f"{key}={value!r} is not one of {list(options)}{_nearest_hint(value, options)}"
 
 
 @dataclass
@@ -76,16 +98,9 @@ class PairConfig:
 
 
 @dataclass
-class EnvConfig:
-    id: str = "structured"
-    """Environment: ``structured`` (a task of known per-dim / pairwise structure), ``metaworld``, ``libero`` or
-    ``maniskill`` (robot simulators; see ``task``)."""
-    num_envs: int = 16
-    """Parallel envs in total; each of the N processes steps ``num_envs / N`` of them."""
-    action_dims: int = 7
-    """D, the number of action dims (a VLA emits 7 action tokens)."""
-    num_bins: int = 11
-    """K, bins per action dim (a VLA uses 256; an odd K has a 'stay' bin)."""
+class StructuredEnvConfig:
+    """``env.id: structured``: a task of known per-dim and pairwise structure (envs/structured.py)."""
+
     horizon: int = 1
     """Steps per episode: 1 = contextual bandit; >1 = sequential task (credit flows through GAE)."""
     dim_weights: Optional[List[float]] = None  # noqa: UP006, UP045
@@ -102,39 +117,152 @@ class EnvConfig:
     """0 = a fresh random goal every episode; n > 0 = goals from a fixed set of n (the task's contexts)."""
     task_seed: int = 0
     """Seed of the task itself (the fixed goal set), independent of the run's seed."""
-    terminate_on_success: bool = False
-    """End an episode (terminated) once the goal is reached; otherwise it runs to the horizon."""
     autoreset_mode: str = "same_step"
-    """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked)."""
+    """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked).
+    The simulators reset on the same step."""
+
+    def problems(self, env: EnvConfig) -> list[str]:
+        out = [f"env.structured.{k} must be >= {low}, got {v}"
+               for k, v, low in (("horizon", self.horizon, 1), ("num_goals", self.num_goals, 0))
+               if v < low]
+        if self.autoreset_mode not in AUTORESET_MODES:
+            out.append(_not_one_of("env.structured.autoreset_mode", self.autoreset_mode, AUTORESET_MODES))
+        if self.noise_std < 0 or not math.isfinite(self.noise_std):
+            out.append(f"env.structured.noise_std must be a finite number >= 0, got {self.noise_std}")
+        if self.max_move is not None and not (math.isfinite(self.max_move) and self.max_move > 0):
+            out.append(f"env.structured.max_move must be > 0 (or null for 1.0), got {self.max_move}")
+        if not 0.0 < self.goal_reach <= 1.0:
+            out.append(f"env.structured.goal_reach must lie in (0, 1], got {self.goal_reach}")
+        D = env.action_dims
+        if self.dim_weights is not None and len(self.dim_weights) != D:
+            out.append(f"env.structured.dim_weights has {len(self.dim_weights)} entries but env.action_dims={D}")
+        for k, pair in enumerate(self.pairs):
+            if not (0 <= pair.i < D and 0 <= pair.j < D and pair.i != pair.j):
+                out.append(f"env.structured.pairs[{k}] = ({pair.i}, {pair.j}) must be two different dims in 0..{D - 1}")
+        return out
+
+
+@dataclass
+class MetaWorldEnvConfig:
+    """``env.id: metaworld``: MetaWorld MT1 / MT10 / MT50 (envs/metaworld.py)."""
+
+    camera: str = "corner2"
+    """Camera rendered into the image observation."""
+    randomize_goals: bool = True
+    """A fresh random goal / object position every episode (off: the benchmark's 50 fixed variants)."""
+    reward: str = "dense"
+    """``dense`` (the benchmark's shaped reward) or ``success`` (1 on the step the task succeeds, 0
+    otherwise; with terminate_on_success, the sparse reward VLA-RL systems train on)."""
+    action_repeat: int = 1
+    """Each action is held for this many simulator steps (rewards summed; a success ends the repeat when
+    ``terminate_on_success``), and one picture is rendered per action; ``max_episode_steps`` counts
+    actions. 2-3 keeps the scripted experts at 100% with a half / third of the decisions (the
+    action-repeat convention of pixel-based RL)."""
+    mesh_lod: float = 0.0
+    """Render-only mesh simplification, the vertex-clustering cell as a fraction of each mesh's size
+    (0 = full meshes). 0.04 halves the cost of a 64 px frame on a CPU (Mesa) renderer and changes its
+    pixels by <1/255 on average; physics is untouched (envs/mesh_lod.py)."""
+    task_seed: int = 0
+    """Seed of MT1's 50 fixed task variants (used when ``randomize_goals`` is off)."""
+
+    def problems(self, env: EnvConfig) -> list[str]:
+        out = []
+        if self.reward not in METAWORLD_REWARDS:
+            out.append(_not_one_of("env.metaworld.reward", self.reward, METAWORLD_REWARDS))
+        if self.action_repeat < 1:
+            out.append(f"env.metaworld.action_repeat must be >= 1, got {self.action_repeat}")
+        if not 0.0 <= self.mesh_lod < 1.0:
+            out.append(f"env.metaworld.mesh_lod must lie in [0, 1) (0 = full meshes), got {self.mesh_lod}")
+        return out
+
+
+@dataclass
+class LiberoEnvConfig:
+    """``env.id: libero``: the LIBERO suites (envs/libero.py; own venv, scripts/setup_libero.sh)."""
+
+    camera: str = "agentview"
+    """Camera rendered into the image observation (``agentview`` or ``robot0_eye_in_hand``)."""
+    settle_steps: int = 10
+    """No-op steps after each reset while the objects settle (OpenVLA's LIBERO evaluation waits 10)."""
+
+    def problems(self, env: EnvConfig) -> list[str]:
+        return [f"env.libero.settle_steps must be >= 0, got {self.settle_steps}"] if self.settle_steps < 0 else []
+
+
+@dataclass
+class ManiSkillEnvConfig:
+    """``env.id: maniskill``: ManiSkill3 tabletop tasks (envs/maniskill.py; own venv, setup_maniskill.sh)."""
+
+    camera: str = "base_camera"
+    """Sensor camera rendered into the image observation."""
+
+    def problems(self, env: EnvConfig) -> list[str]:
+        return []
+
+
+@dataclass
+class EnvConfig:
+    id: str = "structured"
+    """Environment: ``structured`` (a task of known per-dim / pairwise structure), ``metaworld``, ``libero`` or
+    ``maniskill`` (robot simulators; see ``task``). Settings of one environment live in its own section
+    (``env.structured.*``, ``env.metaworld.*`` ...)."""
     task: str = ""
     """Simulator task: MetaWorld ``reach-v3`` (MT1) or ``MT10`` / ``MT50``; LIBERO suite (``libero_spatial``,
     ``libero_object``, ``libero_goal``, ``libero_10``, ``libero_90``); ManiSkill3 env id (``PickCube-v1`` ...)."""
-    camera: str = "corner2"
-    """Simulator camera rendered into the image observation."""
-    max_episode_steps: int = 150
-    """Simulator episodes are truncated after this many steps (LIBERO evaluations use 220-520, PickCube 50-100)."""
-    vector_mode: str = "sync"
-    """Simulator vector env: ``sync`` (one process) or ``async`` (worker processes, forkserver)."""
-    randomize_goals: bool = True
-    """MetaWorld: a fresh random goal / object position every episode (off: the benchmark's 50 fixed variants)."""
-    reward: str = "dense"
-    """Simulators: ``dense`` (the benchmark's shaped reward) or ``success`` (1 on the step the task succeeds,
-    0 otherwise; with terminate_on_success, the sparse reward VLA-RL systems train on)."""
-    state_obs: bool = False
-    """Add the robot's proprioceptive state to the observation (``obs["state"]``)."""
+    num_envs: int = 16
+    """Parallel envs in total; each of the N processes steps ``num_envs / N`` of them."""
+    action_dims: int = 7
+    """D, the number of action dims (a VLA emits 7 action tokens)."""
+    num_bins: int = 11
+    """K, bins per action dim (a VLA uses 256; an odd K has a 'stay' bin)."""
     observation: str = "state"
-    """``state`` (the error vector, for the MLP policies) or ``image`` (a picture + instruction, for a VLA)."""
+    """``state`` (a state vector, for the MLP policies) or ``image`` (a picture + instruction, for a VLA)."""
     image_size: int = 32
     """Side in pixels of the image observation."""
-    action_repeat: int = 1
-    """MetaWorld: each action is held for this many simulator steps (rewards summed; a success ends the
-    repeat when ``terminate_on_success``), and one picture is rendered per action; ``max_episode_steps``
-    counts actions. 2-3 keeps the scripted experts at 100% with a half / third of the decisions (the
-    action-repeat convention of pixel-based RL)."""
-    mesh_lod: float = 0.0
-    """MetaWorld: render-only mesh simplification, the vertex-clustering cell as a fraction of each mesh's
-    size (0 = full meshes). 0.04 halves the cost of a 64 px frame on a CPU (Mesa) renderer and changes its
-    pixels by <1/255 on average; physics is untouched (envs/mesh_lod.py)."""
+    state_obs: bool = False
+    """Simulators: add the robot's proprioceptive state to the image observation (``obs["state"]``)."""
+    max_episode_steps: int = 150
+    """Simulators: episodes are truncated after this many steps (LIBERO evaluations use 220-520, PickCube
+    50-100); the structured task's length is ``env.structured.horizon``."""
+    terminate_on_success: bool = False
+    """End an episode (terminated) once the task is solved; otherwise it runs to its time limit."""
+    vector_mode: str = "sync"
+    """Simulators: ``sync`` (one process) or ``async`` (worker processes, forkserver)."""
+    structured: StructuredEnvConfig = field(default_factory=StructuredEnvConfig)
+    metaworld: MetaWorldEnvConfig = field(default_factory=MetaWorldEnvConfig)
+    libero: LiberoEnvConfig = field(default_factory=LiberoEnvConfig)
+    maniskill: ManiSkillEnvConfig = field(default_factory=ManiSkillEnvConfig)
+
+    def section(self) -> Any:
+        """The settings of ``id`` (``env.<id>``)."""
+        return getattr(self, self.id)
+
+    @property
+    def episode_limit(self) -> int:
+        """The most steps an episode can take (the structured task's horizon, else ``max_episode_steps``)."""
+        return self.structured.horizon if self.id == "structured" else self.max_episode_steps
+
+    def problems(self) -> list[str]:
+        if self.id not in ENV_IDS:
+            return [_not_one_of("env.id", self.id, ENV_IDS)]
+        out = []
+        for key, value, low in (("env.num_envs", self.num_envs, 1), ("env.action_dims", self.action_dims, 1),
+                                ("env.num_bins", self.num_bins, 2), ("env.image_size", self.image_size, 1),
+                                ("env.max_episode_steps", self.max_episode_steps, 1)):
+            if value < low:
+                out.append(f"{key} must be >= {low}, got {value}")
+        if self.observation not in OBSERVATIONS:
+            out.append(_not_one_of("env.observation", self.observation, OBSERVATIONS))
+        if self.vector_mode not in VECTOR_MODES:
+            out.append(_not_one_of("env.vector_mode", self.vector_mode, VECTOR_MODES))
+        if self.id != "structured" and not self.task:
+            out.append(f"env.id={self.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1)")
+        # one section per environment: settings of another one would silently do nothing
+        for other in ENV_IDS:
+            if other != self.id and getattr(self, other) != type(getattr(self, other))():
+                out.append(f"env.{other}.* is set but env.id={self.id!r}: remove the env.{other} settings "
+                           f"or set env.id={other}")
+        return out + self.section().problems(self)
 
 
 @dataclass
@@ -397,50 +525,23 @@ class TrainConfig:
         return Path(self.output_dir) / self.name
 
     def validate(self) -> TrainConfig:
-        """Check every combination that cannot run; raise one :class:`ConfigError` listing them all."""
-        problems: list[str] = []
+        """Check every combination that cannot run; raise one :class:`ConfigError` listing them all.
+
+        Each section checks its own fields (``EnvConfig.problems`` and the simulators' sections); what
+        is left here are choices and combinations across sections."""
+        problems: list[str] = list(self.env.problems())
 
         def choice(key: str, value: str, options: tuple[str, ...]) -> None:
             if value not in options:
-                problems.append(f"{key}={value!r} is not one of {list(options)}{_nearest_hint(value, options)}")
+                problems.append(_not_one_of(key, value, options))
 
-        choice("env.id", self.env.id, ENV_IDS)
-        choice("env.autoreset_mode", self.env.autoreset_mode, AUTORESET_MODES)
+        def at_least(pairs: list[tuple[str, float, float]]) -> None:
+            problems.extend(f"{key} must be >= {low}, got {value}" for key, value, low in pairs if value < low)
+
         choice("policy.type", self.policy.type, POLICY_TYPES)
-        choice("env.observation", self.env.observation, OBSERVATIONS)
-        choice("env.vector_mode", self.env.vector_mode, VECTOR_MODES)
-        choice("env.reward", self.env.reward, ("dense", "success"))
-        if self.env.id != "structured" and not self.env.task:
-            problems.append(f"env.id={self.env.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1)")
-        for key, value, low in (("eval.num_episodes", self.eval.num_episodes, 1), ("eval.num_envs", self.eval.num_envs, 1),
-                                ("eval.videos", self.eval.videos, 0), ("eval.every", self.eval.every, 0),
-                                ("demos.num_episodes", self.demos.num_episodes, 1),
-                                ("env.max_episode_steps", self.env.max_episode_steps, 1)):
-            if value < low:
-                problems.append(f"{key} must be >= {low}, got {value}")
-        if self.eval.temperature <= 0:
-            problems.append("eval.temperature must be > 0")
         choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
-        if self.policy.type == "vla":
-            if not self.model.name_or_path and not self.init_from:
-                problems.append("policy.type=vla needs model.name_or_path (a VLM / VLA checkpoint dir or Hub id, "
-                                "e.g. one written by scripts/make_tiny_vla.py) or init_from")
-            if self.env.observation != "image":
-                problems.append("policy.type=vla reads images: set env.observation=image")
-            if self.model.lora.r < 1:
-                problems.append(f"model.lora.r must be >= 1, got {self.model.lora.r}")
-            if self.model.rollout_temperature <= 0:
-                problems.append("model.rollout_temperature must be > 0")
-            if "{instruction}" not in self.model.prompt:
-                problems.append("model.prompt must contain '{instruction}'")
-            if self.ppo.kl_coef > 0 and not self.model.lora.enabled:
-                problems.append("ppo.kl_coef > 0 uses the adapter-disabled model as the reference: it needs "
-                                "model.lora.enabled=true")
-        elif self.env.observation == "image":
-            problems.append(f"policy.type={self.policy.type!r} reads state vectors: use env.observation=state "
-                            "or policy.type=vla")
         choice("head.centering", self.head.centering, CENTERINGS)
         choice("credit.mode", self.credit.mode, CREDIT_MODES)
         choice("credit.ratio", self.credit.ratio, RATIOS)
@@ -448,34 +549,46 @@ class TrainConfig:
         choice("credit.surrogate", self.credit.surrogate, SURROGATES)
         choice("ppo.lr_schedule", self.ppo.lr_schedule, LR_SCHEDULES)
         choice("device", self.device, DEVICES)
-        if self.ppo.kl_coef < 0:
-            problems.append(f"ppo.kl_coef must be >= 0, got {self.ppo.kl_coef}")
-        if self.ppo.kl_coef > 0 and self.policy.type != "vla":
+        e, p = self.env, self.ppo
+        at_least([("eval.num_episodes", self.eval.num_episodes, 1), ("eval.num_envs", self.eval.num_envs, 1),
+                  ("eval.videos", self.eval.videos, 0), ("eval.every", self.eval.every, 0),
+                  ("demos.num_episodes", self.demos.num_episodes, 1), ("ppo.num_steps", p.num_steps, 1),
+                  ("ppo.num_epochs", p.num_epochs, 1), ("ppo.num_minibatches", p.num_minibatches, 1),
+                  ("ppo.total_timesteps", p.total_timesteps, 1),
+                  ("ppo.gradient_accumulation_steps", p.gradient_accumulation_steps, 1),
+                  ("head.rank", self.head.rank, 1), ("policy.hidden_size", self.policy.hidden_size, 1),
+                  ("ppo.max_nan_updates", p.max_nan_updates, 1), ("sft.num_epochs", self.sft.num_epochs, 1),
+                  ("sft.batch_size", self.sft.batch_size, 1), ("sft.max_samples", self.sft.max_samples, 0),
+                  ("ppo.critic_warmup_updates", p.critic_warmup_updates, 0)])
+        if self.eval.temperature <= 0:
+            problems.append("eval.temperature must be > 0")
+        if self.policy.type == "vla":
+            if not self.model.name_or_path and not self.init_from:
+                problems.append("policy.type=vla needs model.name_or_path (a VLM / VLA checkpoint dir or Hub id, "
+                                "e.g. one written by scripts/make_tiny_vla.py) or init_from")
+            if e.observation != "image":
+                problems.append("policy.type=vla reads images: set env.observation=image")
+            if self.model.lora.r < 1:
+                problems.append(f"model.lora.r must be >= 1, got {self.model.lora.r}")
+            if self.model.rollout_temperature <= 0:
+                problems.append("model.rollout_temperature must be > 0")
+            if "{instruction}" not in self.model.prompt:
+                problems.append("model.prompt must contain '{instruction}'")
+            if p.kl_coef > 0 and not self.model.lora.enabled:
+                problems.append("ppo.kl_coef > 0 uses the adapter-disabled model as the reference: it needs "
+                                "model.lora.enabled=true")
+        elif e.observation == "image":
+            problems.append(f"policy.type={self.policy.type!r} reads state vectors: use env.observation=state "
+                            "or policy.type=vla")
+        if p.kl_coef < 0:
+            problems.append(f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
+        if p.kl_coef > 0 and self.policy.type != "vla":
             problems.append("ppo.kl_coef > 0 needs policy.type=vla (the reference is the VLA without its adapter)")
         if self.credit.mode in HEAD_MODES and not self.head.enabled:
             problems.append(
                 f"credit.mode={self.credit.mode!r} reads the structured advantage head but head.enabled=false; "
                 "set head.enabled=true or credit.mode=joint"
             )
-        e, p = self.env, self.ppo
-        D = e.action_dims
-        for key, value, low in [
-            ("env.num_envs", e.num_envs, 1), ("env.action_dims", D, 1), ("env.num_bins", e.num_bins, 2),
-            ("env.horizon", e.horizon, 1), ("ppo.num_steps", p.num_steps, 1), ("ppo.num_epochs", p.num_epochs, 1),
-            ("ppo.num_minibatches", p.num_minibatches, 1), ("ppo.total_timesteps", p.total_timesteps, 1),
-            ("ppo.gradient_accumulation_steps", p.gradient_accumulation_steps, 1), ("head.rank", self.head.rank, 1),
-            ("policy.hidden_size", self.policy.hidden_size, 1), ("ppo.max_nan_updates", p.max_nan_updates, 1),
-            ("sft.num_epochs", self.sft.num_epochs, 1), ("sft.batch_size", self.sft.batch_size, 1),
-            ("sft.max_samples", self.sft.max_samples, 0), ("env.image_size", e.image_size, 1),
-            ("ppo.critic_warmup_updates", p.critic_warmup_updates, 0), ("env.action_repeat", e.action_repeat, 1),
-        ]:
-            if value < low:
-                problems.append(f"{key} must be >= {low}, got {value}")
-        if e.dim_weights is not None and len(e.dim_weights) != D:
-            problems.append(f"env.dim_weights has {len(e.dim_weights)} entries but env.action_dims={D}")
-        for k, pair in enumerate(e.pairs):
-            if not (0 <= pair.i < D and 0 <= pair.j < D and pair.i != pair.j):
-                problems.append(f"env.pairs[{k}] = ({pair.i}, {pair.j}) must be two different dims in 0..{D - 1}")
         micro = p.num_minibatches * p.gradient_accumulation_steps
         if self.batch_size % micro:
             problems.append(
@@ -484,18 +597,11 @@ class TrainConfig:
             )
         for key, value in [("ppo.learning_rate", p.learning_rate), ("ppo.head_learning_rate", p.head_learning_rate),
                            ("ppo.clip_coef", p.clip_coef), ("ppo.max_grad_norm", p.max_grad_norm),
-                           ("sft.learning_rate", self.sft.learning_rate),
+                           ("sft.learning_rate", self.sft.learning_rate), ("ppo.reward_scale", p.reward_scale),
                            ("ppo.value_learning_rate", p.value_learning_rate if p.value_learning_rate is not None
                             else 1.0)]:
             if value <= 0:
                 problems.append(f"{key} must be > 0, got {value}")
-        if p.reward_scale <= 0:
-            problems.append(f"ppo.reward_scale must be > 0, got {p.reward_scale}")
-        for key, value, default in (("env.action_repeat", e.action_repeat, 1), ("env.mesh_lod", e.mesh_lod, 0.0)):
-            if value != default and e.id != "metaworld":
-                problems.append(f"{key}={value} is implemented for env.id=metaworld only; remove it for {e.id!r}")
-        if not 0.0 <= e.mesh_lod < 1.0:
-            problems.append(f"env.mesh_lod must lie in [0, 1) (0 = full meshes), got {e.mesh_lod}")
         if self.sft.weight_decay < 0:
             problems.append(f"sft.weight_decay must be >= 0, got {self.sft.weight_decay}")
         if not (0.0 <= p.gamma <= 1.0 and 0.0 <= p.gae_lambda <= 1.0):
@@ -518,6 +624,10 @@ def _check_keys(node: Any, schema: type, prefix: str, source: str) -> None:
     known = {f.name: f for f in fields(schema)}
     for key, value in node.items():
         full = f"{prefix}{key}"
+        if key not in known and prefix == "env." and key in MOVED_ENV_KEYS:
+            where = [f"env.{s}.{key}" for s in MOVED_ENV_KEYS[key]]
+            raise ConfigError(f"{source}: {full!r} moved to {' or '.join(where)} (each environment's settings "
+                              "live in its own section); rename the key")
         if key not in known:
             options = [f"{prefix}{k}" for k in known]
             raise ConfigError(f"{source}: unknown key {full!r}{_nearest_hint(full, options)} "
@@ -599,6 +709,29 @@ def _merge_overrides(merged: DictConfig, overrides: list[str] | tuple[str, ...],
     return merged
 
 
+def explicit_settings(recipe: str | os.PathLike | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Only the keys the recipe and the overrides set, as a nested dict (no defaults filled in): what a
+    user asked for explicitly, e.g. the env an evaluation must run on whatever the checkpoint says.
+    Call it after :func:`load_config` has accepted the same recipe and overrides."""
+    tree = OmegaConf.load(recipe) if recipe is not None else OmegaConf.create({})
+    for item in overrides:
+        tree = OmegaConf.merge(tree, OmegaConf.from_dotlist([item]))
+    return OmegaConf.to_container(tree, resolve=True)  # type: ignore[return-value]
+
+
+def merge_settings(section: Any, settings: dict[str, Any], name: str) -> Any:
+    """``section`` (a config dataclass such as a checkpoint's ``EnvConfig``) with ``settings`` (a nested
+    dict of its keys) merged on top, strictly; an ``EnvConfig`` is checked again."""
+    if not settings:
+        return section
+    _check_keys(settings, type(section), f"{name}.", "override")
+    merged = OmegaConf.to_object(_merge(OmegaConf.structured(section), settings, name))
+    problems = merged.problems() if hasattr(merged, "problems") else []
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return merged
+
+
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...], source: str = "") -> TrainConfig:
     """``key.sub=value`` overrides on an existing config (e.g. a checkpoint's), validated."""
     if not overrides:
@@ -612,10 +745,26 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 
 def config_from_yaml_text(text: str) -> TrainConfig:
-    """Strictly rebuild a config saved by :func:`to_yaml` (checkpoints)."""
-    data = OmegaConf.create(text)
+    """Strictly rebuild a config saved by :func:`to_yaml` (checkpoints; older layouts are migrated)."""
+    data = _migrate_saved(OmegaConf.create(text))
     _check_keys(data, TrainConfig, "", "saved config")
     return OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), data, "saved config")).validate()
+
+
+def _migrate_saved(data: DictConfig) -> DictConfig:
+    """A config saved before ``env`` was split per environment: each moved key goes into the section of
+    the run's own ``env.id`` when it belongs there, and is dropped otherwise (it had no effect then)."""
+    env = data.get("env") if isinstance(data, DictConfig) else None
+    if not isinstance(env, DictConfig) or not any(k in env for k in MOVED_ENV_KEYS):
+        return data
+    env_id = env.get("id", EnvConfig.id)
+    for key in [k for k in env if k in MOVED_ENV_KEYS]:
+        value = env.pop(key)
+        if env_id in MOVED_ENV_KEYS[key]:
+            if env_id not in env:
+                env[env_id] = {}
+            env[env_id][key] = value
+    return data
 
 
 @cache

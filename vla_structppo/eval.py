@@ -21,25 +21,23 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .config import ConfigError, EnvConfig, TrainConfig, apply_overrides, config_from_yaml_text
-from .train.checkpoint import CheckpointError
+from .checkpoints import layout, load_agent, resolve, run_dir_of
+from .config import ConfigError, EnvConfig, TrainConfig, merge_settings
+from .envs import NoExpertError, make_env, take_obs
 
 if TYPE_CHECKING:
-    from .train.agent import Agent
+    from .policies.agent import Agent
 
-__all__ = ["evaluate_during_training", "evaluate_policy", "find_eval_checkpoint", "load_agent", "main_eval",
-           "results_markdown", "run_eval", "wilson_interval"]
+__all__ = ["evaluate_during_training", "evaluate_policy", "results_markdown", "run_eval", "wilson_interval"]
 
 Z95 = 1.959964
-# files that mark a directory as a checkpoint of the policy (PPO: any; SFT: adapter / full model)
-POLICY_MARKERS = ("policy.safetensors", "adapter_config.json", "model.safetensors", "trainer_state.pt")
 VIDEO_FPS = 10
 # frames are scaled up (nearest) to at least this side so a 32 px observation is watchable
 VIDEO_MIN_SIDE = 128
@@ -99,147 +97,11 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-# -- loading ---------------------------------------------------------------------------------------
-def _resolve_path(checkpoint: str | os.PathLike) -> Path:
-    """A local path, or ``hf://org/name[@rev]`` pulled by :mod:`vla_structppo.hub` into a local dir."""
-    text = str(checkpoint)
-    if text.startswith("hf://"):
-        try:
-            from .hub import resolve_checkpoint  # lazy: the Hub client is only needed for hf:// paths
-        except ImportError as err:
-            raise CheckpointError(f"{text}: hf:// checkpoints need vla_structppo.hub ({err})") from None
-        return Path(resolve_checkpoint(text))
-    return Path(checkpoint)
-
-
-def _is_checkpoint_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and any((p / f).exists() for f in POLICY_MARKERS)
-
-
-def find_eval_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """A checkpoint dir (PPO or SFT), or a run dir (-> ``checkpoints/last``, else its newest checkpoint)."""
-    p = _resolve_path(checkpoint)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist (give a run dir such as runs/<name>, "
-                              "a checkpoint dir such as runs/<name>/checkpoints/last, or hf://org/name)")
-    if _is_checkpoint_dir(p):
-        return p
-    root = p / "checkpoints"
-    if (root / "last").exists():
-        return (root / "last").resolve()
-    found = sorted((c for c in root.iterdir() if c.is_dir() and c.name.isdigit()), key=lambda c: int(c.name)) \
-        if root.is_dir() else []
-    if found:
-        return found[-1]
-    if p.is_dir() and (p / "config.yaml").is_file():
-        raise CheckpointError(f"{p} has a config.yaml but no policy weights ({', '.join(POLICY_MARKERS[:3])}) "
-                              "and no checkpoints/ dir: the run has not saved a checkpoint yet")
-    raise CheckpointError(f"{p} is neither a checkpoint dir (config.yaml + policy weights) nor a run dir "
-                          "with checkpoints/")
-
-
-def run_dir_of(checkpoint_dir: Path) -> Path | None:
-    """``<run>`` for ``<run>/checkpoints/<n>`` (``last`` resolved), else None."""
-    p = checkpoint_dir.resolve()
-    if p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file():
-        return p.parent.parent
-    return None
-
-
-def _base_model(cfg: TrainConfig) -> str | None:
-    """The base VLA a checkpoint's adapter belongs to: its ``model.name_or_path``, else that of the
-    checkpoint it was initialised from (a PPO run started from an SFT checkpoint may name neither)."""
-    seen = 0
-    while not cfg.model.name_or_path and cfg.init_from and seen < 8:
-        saved = Path(cfg.init_from) / "config.yaml"
-        if not saved.is_file():
-            return None
-        cfg = config_from_yaml_text(saved.read_text())
-        seen += 1
-    return cfg.model.name_or_path
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def load_agent(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[Agent, TrainConfig]:
-    """The agent of a checkpoint (a run dir, a checkpoint dir or ``hf://…``) and its config with
-    ``overrides`` (e.g. ``env.*`` to evaluate elsewhere) applied; the policy's weights loaded strictly."""
-    from .envs import make_env
-    from .train.agent import Agent
-    from .train.checkpoint import MODULE_FILES, load_module
-
-    where = find_eval_checkpoint(checkpoint)
-    cfg = config_from_yaml_text((where / "config.yaml").read_text())
-    cfg = apply_overrides(cfg, list(overrides), str(where / "config.yaml"))
-    cfg.resume = None
-    is_vla = cfg.policy.type == "vla"
-    if is_vla:
-        # the adapter (or full model) loads with the model: init_from points at this checkpoint
-        cfg.model.name_or_path = _base_model(cfg)
-        cfg.init_from = str(where)
-        cfg.validate()
-        from .policies.vla_loading import preflight
-
-        preflight(cfg)  # names a missing adapter / tokenizer file before any weights load
-    else:
-        missing = [f for f in ("policy.safetensors",) if not (where / f).is_file()]
-        if missing:
-            raise CheckpointError(f"checkpoint {where} is missing {missing}")
-    with preserve_rng():  # building modules draws initial weights: leave the caller's RNG alone
-        envs = None if is_vla else make_env(cfg.env, 1, seed=cfg.seed)
-        try:
-            agent = Agent.from_config(cfg, envs)
-        finally:
-            if envs is not None:
-                envs.close()
-    if not is_vla:
-        agent.load_policy(where)
-    for attr, fname in MODULE_FILES.items():  # heads are not needed to act; loaded when present
-        module = getattr(agent, attr)
-        if module is not None and (where / fname).is_file():
-            load_module(module, where / fname)
-    agent.to(_device(cfg.device))
-    agent.eval()
-    return agent, cfg
-
-
 # -- the evaluation loop ---------------------------------------------------------------------------
-# per-env task lists of multi-task envs (the contract's name first; MetaWorld's vector env has env_tasks)
-TASK_ATTRS = ("task_names", "env_tasks")
-
-
-def _task_labels(envs, env_cfg: EnvConfig) -> list[str]:
-    """One task label per env index: ``envs.task_names`` / ``envs.env_tasks`` (multi-task envs) else
-    the task / env id."""
-    n = envs.num_envs
-    for obj in (envs, getattr(envs, "unwrapped", None)):
-        for attr in TASK_ATTRS:
-            names = getattr(obj, attr, None) if obj is not None else None
-            if names is not None:
-                names = [str(x) for x in names]
-                if len(names) != n:
-                    raise ValueError(f"env.{attr} has {len(names)} entries for {n} envs")
-                return names
-    return [env_cfg.task or env_cfg.id] * n
-
-
-def _first_linear_in(policy: torch.nn.Module) -> int | None:
-    for m in policy.modules():
-        if isinstance(m, torch.nn.Linear):
-            return m.in_features
-    return None
-
-
 def _check_obs_width(agent: Agent, envs) -> None:
-    if agent.is_vla:
-        return
+    want = getattr(agent.policy, "obs_dim", None)  # the state policies; a VLA reads pictures
     space = envs.single_observation_space
-    want = _first_linear_in(agent.policy)
-    if getattr(space, "shape", None) and want is not None and space.shape[0] != want:
+    if want is not None and getattr(space, "shape", None) and space.shape[0] != want:
         raise ConfigError(f"the policy reads {want}-wide state vectors but this env gives {space.shape[0]}: "
                           "evaluate on the env the checkpoint was trained on (same env.action_dims / task)")
 
@@ -288,15 +150,13 @@ def evaluate_policy(agent: Agent | None, env_cfg: EnvConfig, *, num_episodes: in
     """
     from gymnasium.vector import AutoresetMode
 
-    from .envs import make_env
-    from .train.rollout import take_obs
-
     if num_episodes < 1 or num_envs < 1:
         raise ValueError("num_episodes and num_envs must be >= 1")
     if agent is None and not expert:
         raise ValueError("give an agent, or expert=True")
     # the harness reads episode ends on the done step; the task itself is unchanged
-    env_cfg = dataclasses.replace(env_cfg, autoreset_mode="same_step")
+    env_cfg = dataclasses.replace(env_cfg, structured=dataclasses.replace(env_cfg.structured,
+                                                                          autoreset_mode="same_step"))
     video_paths: list[str] = []
     was_training = agent.training if agent is not None else False
     with preserve_rng(), torch.no_grad():
@@ -305,13 +165,12 @@ def evaluate_policy(agent: Agent | None, env_cfg: EnvConfig, *, num_episodes: in
         try:
             if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.SAME_STEP:
                 raise ValueError(f"env {env_cfg.id!r} does not autoreset on the same step (the env contract)")
-            if expert and not hasattr(envs, "expert_bins"):
-                raise ConfigError(f"env.id={env_cfg.id!r} has no scripted expert (expert_bins); "
-                                  "set eval.expert=false")
+            if expert and not envs.has_expert:
+                raise NoExpertError(f"env.id={env_cfg.id!r} has no scripted expert; set eval.expert=false")
             if agent is not None and not expert:
                 _check_obs_width(agent, envs)
                 agent.eval()
-            labels = _task_labels(envs, env_cfg)
+            labels = list(envs.task_labels)
             tasks = list(dict.fromkeys(labels))
             width = {t: labels.count(t) for t in tasks}
             pos = np.array([labels[:i].count(labels[i]) for i in range(num_envs)])
@@ -332,7 +191,7 @@ def evaluate_policy(agent: Agent | None, env_cfg: EnvConfig, *, num_episodes: in
             record = videos > 0 and has_image and video_dir is not None
             # generous: every env runs its quota of rounds (+1 for a partial one) of the longest episode
             rounds = max(math.ceil(num_episodes / w) for w in width.values()) + 1
-            max_steps = rounds * (max(env_cfg.max_episode_steps, env_cfg.horizon) + 1) * 4
+            max_steps = rounds * (env_cfg.episode_limit + 1) * 4
             for _ in range(max_steps):
                 if all(len(records[t]) >= num_episodes for t in tasks):
                     break
@@ -430,36 +289,30 @@ def _env_dict(env_cfg: EnvConfig, num_envs: int) -> dict[str, Any]:
     return d
 
 
-def _eval_env(trained: EnvConfig, requested: EnvConfig) -> EnvConfig:
-    """The checkpoint's env, with every field the recipe / command line set away from its default
-    (``env.task=…`` evaluates elsewhere; a bare ``eval.checkpoint=…`` evaluates where it was trained)."""
-    default = EnvConfig()
-    changed = {f.name: getattr(requested, f.name) for f in dataclasses.fields(EnvConfig)
-               if getattr(requested, f.name) != getattr(default, f.name)}
-    return dataclasses.replace(trained, **changed)
-
-
 def _clean_videos(directory: Path) -> None:
     if directory.is_dir():
         for old in directory.glob("*.mp4"):
             old.unlink()
 
 
-def run_eval(cfg: TrainConfig) -> dict[str, Any]:
-    """``vla-structppo eval [RECIPE] eval.checkpoint=…``: evaluate, compare, write results, print the table."""
+def run_eval(cfg: TrainConfig, env_settings: Mapping[str, Any] | None = None,
+             command: str | None = None) -> dict[str, Any]:
+    """``vla-structppo eval [RECIPE] eval.checkpoint=…``: evaluate, compare, write results, print the table.
+
+    The env is the checkpoint's, with ``env_settings`` — every ``env`` key the recipe or the command line
+    set, as a nested mapping — applied on top: a bare ``eval.checkpoint=…`` evaluates where the checkpoint
+    was trained, and any key given explicitly wins, even when it names a default value."""
     e = cfg.eval
     if not e.checkpoint:
         raise ConfigError("eval needs a checkpoint: eval.checkpoint=runs/<name> (a run dir, a checkpoint dir or "
                           "hf://org/name)")
     t0 = time.perf_counter()
-    where = find_eval_checkpoint(e.checkpoint)
-    agent, trained = load_agent(where)
-    trained.device = cfg.device
-    agent.to(_device(cfg.device))
-    env_cfg = _eval_env(trained.env, cfg.env)
+    where = resolve(e.checkpoint)
+    agent, trained = load_agent(where, device=cfg.device)
+    env_cfg = merge_settings(trained.env, env_settings or {}, "env")
     out = run_dir_of(where) or cfg.run_dir
-    eval_dir = out / "eval"
-    video_dir = eval_dir / "videos"
+    eval_dir = out / layout.EVAL
+    video_dir = eval_dir / layout.VIDEOS
     _clean_videos(video_dir)
     # state observations have no picture to film: no videos (and no warning on every state-mode eval)
     videos = e.videos if env_cfg.observation == "image" else 0
@@ -469,10 +322,10 @@ def run_eval(cfg: TrainConfig) -> dict[str, Any]:
     del agent
     compare: dict[str, Any] = {}
     if e.compare:
-        other, _ = load_agent(e.compare)
-        other.to(_device(cfg.device))
+        other_dir = resolve(e.compare)
+        other, _ = load_agent(other_dir, device=cfg.device)
         r = evaluate_policy(other, env_cfg, **common, video_prefix="compare")
-        compare[str(e.compare)] = {"checkpoint": str(find_eval_checkpoint(e.compare)), **r}
+        compare[str(e.compare)] = {"checkpoint": str(other_dir), **r}
         del other
     if e.expert:
         r = evaluate_policy(None, env_cfg, **common, expert=True, video_prefix="expert")
@@ -487,12 +340,12 @@ def run_eval(cfg: TrainConfig) -> dict[str, Any]:
         for r in compare.values():
             r["videos"] = [f"videos/{v}" for v in r["videos"]]
         results["compare"] = compare
-    results["command"] = " ".join(sys.argv)
+    results["command"] = command or " ".join(sys.argv)
     results["wall_s"] = time.perf_counter() - t0
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (eval_dir / layout.RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n")
     table = results_markdown(results)
-    (eval_dir / "results.md").write_text(table)
+    (eval_dir / layout.RESULTS_MD).write_text(table)
     results["results_dir"] = str(eval_dir)  # in the returned dict only: where the files went
     print(table)
     return results
@@ -505,7 +358,7 @@ def evaluate_during_training(agent: Agent, cfg: TrainConfig, update: int, *, vid
     so training continues exactly as without it."""
     e = cfg.eval
     t0 = time.perf_counter()
-    eval_dir = cfg.run_dir / "eval"
+    eval_dir = cfg.run_dir / layout.EVAL
     name = f"update_{update:06d}"
     r = evaluate_policy(agent, cfg.env, num_episodes=e.num_episodes, seed=e.seed, num_envs=e.num_envs,
                         deterministic=e.deterministic, temperature=e.temperature, videos=videos,
@@ -526,13 +379,3 @@ def evaluate_during_training(agent: Agent, cfg: TrainConfig, update: int, *, vid
         for t, s in r["tasks"].items():
             metrics[f"eval/{_safe(t)}/success_rate"] = s["success_rate"]
     return metrics
-
-
-def main_eval(cfg: TrainConfig) -> None:
-    """The CLI verb: input errors print one line and exit 2 (as ``train`` does)."""
-    from .cli import _fail, _user_errors
-
-    try:
-        run_eval(cfg)
-    except _user_errors() as err:
-        _fail(err)

@@ -1,10 +1,10 @@
-"""Share a trained run on the Hugging Face Hub, and start from one: ``push_run`` / ``resolve_checkpoint``.
+"""Share a trained run on the Hugging Face Hub: ``push_run``.
 
 ``push_run`` stages a copy of the run's release files (adapter or full model, heads, action tokenizer,
 processor, resolved config, eval results, plots) plus a generated model card in a temporary dir and
 sends them in ONE commit, so the Hub repo is never half-written and the run dir is never touched.
-``resolve_checkpoint("hf://org/name[@revision]")`` downloads such a repo into the local Hub cache and
-returns a dir that ``init_from`` accepts like a local checkpoint.
+Pulling (``init_from: hf://org/name[@revision]``) is the checkpoint layer's
+(:func:`vla_structppo.checkpoints.resolve`).
 
 The token comes from huggingface_hub's usual sources (``HF_TOKEN``, the saved login) or the ``token``
 argument; it is passed to the client only, never written to a file or a log, and a staged file that
@@ -20,67 +20,25 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "HF_SCHEME",
-    "HubError",
-    "main_push",
-    "model_card",
-    "parse_hf_uri",
-    "push_run",
-    "resolve_checkpoint",
-    "stage_run",
-    "validate_repo_id",
-]
+from .checkpoints import layout
+from .checkpoints.locate import REPO_PART, HubError, base_model_of, read_config, validate_repo_id
+from .checkpoints.store import CheckpointError
+
+__all__ = ["PUSH_USAGE", "HubError", "model_card", "parse_push_args", "push_run", "stage_run"]
 
 log = logging.getLogger(__name__)
 
-HF_SCHEME = "hf://"
-# resume-only state (optimizer moments, RNG, rollout buffers): large pickles no one loading the model needs;
-# peft's own README is replaced by the generated card
-EXCLUDED_CHECKPOINT_FILES = ("trainer_state.pt", "README.md")
-EXCLUDED_CHECKPOINT_PATTERNS = (re.compile(r"^rank_\d+\.pt$"),)
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-FULL_MODEL_FILES = ("config.json", "model.safetensors")
 # the heads are optional: an SFT checkpoint has none (PPO ones have value_head / advantage_head.safetensors)
-REQUIRED_FILES = ("action_tokenizer.json", "config.yaml")
-EVAL_FILES = ("results.json", "results.md")
+EVAL_FILES = (layout.RESULTS_JSON, layout.RESULTS_MD)
 RESULT_KEYS = ("success_rate", "ci95", "episodes")
-# org/name, each part as the Hub allows (letters, digits, - _ .; no leading/trailing - or ., no '--' or '..')
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 MIN_TOKEN_SCAN = 8
 PUSH_KEYS = ("repo_id", "private", "revision", "checkpoint", "commit_message")
 PUSH_USAGE = ("usage: vla-structppo push RUN_DIR repo_id=org/name [private=true|false] [revision=BRANCH] "
               "[checkpoint=NAME_OR_DIR] [commit_message=TEXT]")
-
-
-class HubError(RuntimeError):
-    """A push or pull that cannot proceed; the message says what failed and how to retry."""
-
-
-# -- names ------------------------------------------------------------------------------------------------
-def validate_repo_id(repo_id: str) -> str:
-    """``org/name`` or raise :class:`HubError` (checked before anything is staged or sent)."""
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
-        raise HubError(f"repo_id={repo_id!r} is not a Hub model id: give org/name (letters, digits, '-', '_', "
-                       "'.'; at most 96 characters each), e.g. repo_id=my-org/vla-structppo-reach")
-    return repo_id
-
-
-def parse_hf_uri(uri: str) -> tuple[str, str | None]:
-    """``hf://org/name[@revision]`` -> ``(repo_id, revision or None)``."""
-    if not uri.startswith(HF_SCHEME):
-        raise HubError(f"{uri!r} is not a Hub checkpoint: write hf://org/name or hf://org/name@revision")
-    rest = uri[len(HF_SCHEME):]
-    repo_id, sep, revision = rest.partition("@")
-    if sep and not revision:
-        raise HubError(f"{uri!r}: empty revision after '@' (write hf://org/name@main or drop the '@')")
-    return validate_repo_id(repo_id), revision or None
 
 
 # -- what a push sends ------------------------------------------------------------------------------------
@@ -88,45 +46,42 @@ def _find_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     if not run_dir.is_dir():
         raise HubError(f"run dir {str(run_dir)!r} does not exist")
     if checkpoint is None:
-        ckpt = run_dir / "checkpoints" / "last"
+        ckpt = run_dir / layout.CHECKPOINTS / layout.LAST
         if not ckpt.exists():
-            raise HubError(f"{run_dir} has no checkpoint (no checkpoints/last): train it first, or give "
-                           "checkpoint=NAME for one of its checkpoints/ dirs")
+            raise HubError(f"{run_dir} has no checkpoint (no {layout.CHECKPOINTS}/{layout.LAST}): train it first, or "
+                           f"give checkpoint=NAME for one of its {layout.CHECKPOINTS}/ dirs")
     else:
         given = Path(checkpoint)
-        ckpt = given if given.is_absolute() or given.exists() else run_dir / "checkpoints" / checkpoint
+        ckpt = given if given.is_absolute() or given.exists() else run_dir / layout.CHECKPOINTS / checkpoint
         if not ckpt.is_dir():
-            found = sorted(p.name for p in (run_dir / "checkpoints").glob("*")) if (run_dir / "checkpoints").is_dir() else []
-            raise HubError(f"checkpoint={checkpoint!r}: no such checkpoint dir ({ckpt}); {run_dir}/checkpoints has "
+            root = run_dir / layout.CHECKPOINTS
+            found = sorted(p.name for p in root.glob("*")) if root.is_dir() else []
+            raise HubError(f"checkpoint={checkpoint!r}: no such checkpoint dir ({ckpt}); {root} has "
                            f"{found or 'nothing'}")
     return ckpt.resolve()
 
 
 def _checkpoint_files(ckpt: Path) -> dict[str, Path]:
     """The checkpoint's release files (everything but the resume-only state), after checking it is complete."""
-    names = {p.name for p in ckpt.iterdir() if p.is_file()}
-    if set(ADAPTER_FILES) <= names:
-        weights = ADAPTER_FILES
-    elif set(FULL_MODEL_FILES) <= names:
-        weights = FULL_MODEL_FILES
-    else:
-        raise HubError(f"{ckpt} holds no VLA weights (neither {list(ADAPTER_FILES)} nor {list(FULL_MODEL_FILES)}): "
-                       "push shares VLA checkpoints written by vla-structppo train / sft")
-    missing = [n for n in (*weights, *REQUIRED_FILES) if n not in names]
+    kind = layout.checkpoint_kind(ckpt)
+    if kind not in ("adapter", "full"):
+        raise HubError(f"{ckpt} holds no VLA weights (neither {list(layout.ADAPTER_FILES)} nor "
+                       f"{list(layout.FULL_MODEL_FILES)} beside {layout.CONFIG}): push shares VLA checkpoints "
+                       "written by vla-structppo train / sft")
+    missing = [n for n in layout.policy_files(kind) if not (ckpt / n).is_file()]
     if missing:
         raise HubError(f"checkpoint {ckpt} is incomplete: missing {missing}")
     files = {}
     for p in sorted(ckpt.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.name in EXCLUDED_CHECKPOINT_FILES:
-            continue
-        if any(pat.match(p.name) for pat in EXCLUDED_CHECKPOINT_PATTERNS):
+        # resume-only state is large and no one loading the model needs it; the card replaces the README
+        if not p.is_file() or p.name.startswith(".") or layout.is_resume_only(p.name) or p.name == layout.README:
             continue
         files[p.name] = p
     return files
 
 
 def _load_results(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "eval" / "results.json"
+    path = run_dir / layout.EVAL / layout.RESULTS_JSON
     if not path.is_file():
         return None
     try:
@@ -143,20 +98,11 @@ def _load_results(run_dir: Path) -> dict[str, Any] | None:
     return results
 
 
-def _read_config(ckpt: Path) -> Any:
-    from .config import ConfigError, config_from_yaml_text
-
-    try:
-        return config_from_yaml_text((ckpt / "config.yaml").read_text())
-    except (ConfigError, ValueError) as err:
-        raise HubError(f"{ckpt / 'config.yaml'} cannot be read as a vla-structppo config: {err}") from None
-
-
 def _hub_model_id(name: str | None) -> str | None:
     """``name`` when it names a Hub model (the card's ``base_model`` must be one), None for a local dir."""
     if not name or Path(name).expanduser().exists() or name.startswith(("/", ".", "~")):
         return None
-    return name if re.match(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$", name) else None
+    return name if re.match(rf"^(?:{REPO_PART}/)?{REPO_PART}$", name) else None
 
 
 def _tag(text: str) -> str:
@@ -168,12 +114,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: list[str],
-               train_command: str | None = None) -> str:
-    """The README.md of the pushed repo: YAML metadata (peft, base model, tags, model-index) + body."""
+               train_command: str | None = None, base_model: str | None = None) -> str:
+    """The README.md of the pushed repo: YAML metadata (peft, base model, tags, model-index) + body.
+    ``base_model``: the base VLA (followed through ``init_from``); ``cfg.model.name_or_path`` when None."""
     from huggingface_hub import EvalResult, ModelCardData
 
     env_id, env_task = cfg.env.id, cfg.env.task
-    base = _hub_model_id(cfg.model.name_or_path)
+    base_name = base_model or cfg.model.name_or_path
+    base = _hub_model_id(base_name)
     lora = "adapter_config.json" in files
     tags = ["vla", "robotics", "reinforcement-learning", "ppo", "structured-advantage", "vla-structppo",
             _tag(env_id)]
@@ -197,8 +145,8 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
     where = f"`{env_id}`" + (f" task `{env_task}`" if env_task else "")
     kind = "A LoRA adapter (peft)" if lora else "A fully fine-tuned model"
     base_line = (f"[{base}](https://huggingface.co/{base})" if base else
-                 f"a local model (`{cfg.model.name_or_path}`): set `model.name_or_path` to your copy of it when loading")
-    cmd = train_command or ("vla-structppo train config.yaml" if base or not cfg.model.name_or_path
+                 f"a local model (`{base_name}`): set `model.name_or_path` to your copy of it when loading")
+    cmd = train_command or ("vla-structppo train config.yaml" if base or not base_name
                             else "vla-structppo train config.yaml model.name_or_path=PATH/TO/BASE_MODEL")
     lines = [
         f"# {name}", "",
@@ -240,8 +188,9 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
         "Start training or evaluation from it (the files download into the Hugging Face cache):", "",
         "```bash", f"vla-structppo train RECIPE init_from=hf://{repo_id}",
         f"vla-structppo train RECIPE init_from=hf://{repo_id}@REVISION   # a branch, tag or commit", "```", "",
-        "```python", "from vla_structppo.hub import resolve_checkpoint", "",
-        f'path = resolve_checkpoint("hf://{repo_id}")  # a local dir usable as init_from', "```", "",
+        "```python", "from vla_structppo.checkpoints import load_agent, resolve", "",
+        f'path = resolve("hf://{repo_id}")  # a local checkpoint dir, usable as init_from',
+        f'agent, config = load_agent("hf://{repo_id}")  # the policy and heads, ready to act', "```", "",
         "## Files", "",
         *[f"- `{f}`" for f in sorted(files)],
     ]
@@ -273,20 +222,25 @@ def _stage(run_dir: Path, repo_id: str, out: Path, checkpoint: str | None) -> tu
     files: dict[str, Path] = dict(_checkpoint_files(ckpt))
     results = _load_results(run_dir)
     for name in EVAL_FILES:
-        if (run_dir / "eval" / name).is_file():
-            files[f"eval/{name}"] = run_dir / "eval" / name
-    for png in sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []:
-        files[f"plots/{png.name}"] = png
-    cfg = _read_config(ckpt)
-    recorded = run_dir / "command.txt"
+        if (run_dir / layout.EVAL / name).is_file():
+            files[f"{layout.EVAL}/{name}"] = run_dir / layout.EVAL / name
+    plots = run_dir / layout.PLOTS
+    for png in sorted(plots.glob("*.png")) if plots.is_dir() else []:
+        files[f"{layout.PLOTS}/{png.name}"] = png
+    try:
+        cfg = read_config(ckpt)
+        base, _ = base_model_of(ckpt, cfg)
+    except CheckpointError as err:
+        raise HubError(str(err)) from None
+    recorded = run_dir / layout.COMMAND
     command = recorded.read_text().strip() if recorded.is_file() else None
     for rel, src in files.items():
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(src, dst, atomic=src.parent == ckpt)
-    card = model_card(cfg, repo_id, results, [*files, "README.md"], command)
-    (out / "README.md").write_text(card)
-    return sorted([*files, "README.md"]), ckpt
+    card = model_card(cfg, repo_id, results, [*files, layout.README], command, base_model=base)
+    (out / layout.README).write_text(card)
+    return sorted([*files, layout.README]), ckpt
 
 
 # -- push -------------------------------------------------------------------------------------------------
@@ -374,36 +328,9 @@ def _push_failure(err: Exception, step: str, run_dir: Path, repo_id: str, endpoi
             f"repo_id={repo_id}")
 
 
-# -- pull -------------------------------------------------------------------------------------------------
-def resolve_checkpoint(uri: str, cache_dir: str | Path | None = None) -> Path:
-    """``hf://org/name[@revision]`` -> a local snapshot dir (adapter, action tokenizer, processor,
-    config.yaml) usable as ``init_from``. Downloads into the Hugging Face cache (or ``cache_dir``)."""
-    repo_id, revision = parse_hf_uri(uri)
-    from huggingface_hub import constants, get_token, snapshot_download
-
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, repo_type="model"))
-    except Exception as err:  # not found / gated / offline / unreachable: say which and what to do
-        name = type(err).__name__
-        if name in ("RepositoryNotFoundError", "GatedRepoError"):
-            hint = "no such repo, or it is private / gated: check the name and set HF_TOKEN"
-        elif name == "RevisionNotFoundError":
-            hint = f"the repo has no revision {revision!r} (a branch, tag or commit)"
-        elif name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-            hint = f"it is not in the local cache and {constants.ENDPOINT} cannot be reached (or HF_HUB_OFFLINE is set)"
-        else:
-            hint = f"check that {constants.ENDPOINT} is reachable (network, proxy, HF_ENDPOINT)"
-        detail = _scrub(str(err).splitlines()[0] if str(err) else "", get_token())
-        raise HubError(f"cannot download {uri}: {hint} ({name}: {detail})") from None
-    names = {p.name for p in path.iterdir()}
-    if "action_tokenizer.json" not in names or not (set(ADAPTER_FILES) <= names or set(FULL_MODEL_FILES) <= names):
-        raise HubError(f"{uri} is not a vla-structppo checkpoint (it lacks action_tokenizer.json and an adapter or "
-                       "model weights); push one with vla-structppo push")
-    return path
-
-
 # -- CLI --------------------------------------------------------------------------------------------------
-def _parse_push_args(args: list[str]) -> dict[str, Any]:
+def parse_push_args(args: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments of ``vla-structppo push`` (PUSH_KEYS), checked."""
     parsed: dict[str, Any] = {}
     for item in args:
         key, sep, value = item.partition("=")
@@ -425,17 +352,3 @@ def _parse_push_args(args: list[str]) -> dict[str, Any]:
     if "repo_id" not in parsed:
         raise HubError(f"push needs repo_id=org/name\n{PUSH_USAGE}")
     return parsed
-
-
-def main_push(run_dir: str, args: list[str]) -> None:
-    """``vla-structppo push RUN_DIR repo_id=org/name [private=..] [revision=..] [checkpoint=..]``."""
-    if any(a in ("-h", "--help") for a in [run_dir, *args]):
-        print(PUSH_USAGE)
-        return
-    try:
-        kw = _parse_push_args(args)
-        url = push_run(run_dir, kw.pop("repo_id"), **kw)
-    except HubError as err:
-        print(f"vla-structppo: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"pushed {run_dir} -> {url}")

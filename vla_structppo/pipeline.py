@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import layout, resolve
 from .config import TrainConfig, to_yaml
 
 __all__ = ["run_pipeline"]
@@ -44,7 +45,8 @@ def _log(msg: str, t0: float) -> None:
 
 
 def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
-    from .envs.demos import DemoDatasetError, load_demos, record_demos, recording_mismatches, save_demos
+    from .data.demos import DemoDatasetError, load_demos, recording_mismatches, save_demos
+    from .data.record import record_demos
     from .eval import run_eval
     from .train.ppo import train
     from .train.sft import sft
@@ -52,7 +54,7 @@ def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
     ensure_model(cfg)
 
     # 1. demonstrations (kept across runs: they depend only on the env and demo seeds)
@@ -76,14 +78,14 @@ def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
     # 3. PPO from the cloned policy
     ppo_cfg = _stage(cfg, "ppo", init_from=str(sft_result.checkpoint))
     ppo_result = train(ppo_cfg)
-    ppo_ckpt = (ppo_cfg.run_dir / "checkpoints" / "last").resolve()
+    ppo_ckpt = resolve(ppo_cfg.run_dir)
     _log(f"PPO: {ppo_result.final.get('charts/global_step', 0):.0f} env steps -> {ppo_ckpt}", t0)
 
     # 4. both policies on the same seeds: the PPO checkpoint, compared against the SFT one
     eval_cfg = dataclasses.replace(cfg, output_dir=str(cfg.run_dir), name="ppo",
                                    eval=dataclasses.replace(cfg.eval, checkpoint=str(ppo_ckpt),
                                                             compare=str(sft_result.checkpoint)))
-    res = run_eval(eval_cfg)
+    res = run_eval(eval_cfg, env_settings=dataclasses.asdict(cfg.env))
     after = {"tasks": res["tasks"], "overall": res["overall"]}
     before = next(iter(res["compare"].values()))
     results = {"sft": before, "ppo": after, "wall_s": time.perf_counter() - t0,
@@ -99,7 +101,7 @@ def _plot(history: list[dict], before: dict, after: dict, run_dir: Path, cfg: Tr
 
     last = history[-1]["charts/global_step"] if history else 0.0
     evals = [(0.0, *_rate(before), "eval after SFT"), (last, *_rate(after), "eval after PPO")]
-    plot_learning_curve(history, run_dir / "plots" / "learning_curve.png", evals=evals,
+    plot_learning_curve(history, run_dir / layout.PLOTS / "learning_curve.png", evals=evals,
                         title=f"{cfg.name}: {cfg.env.id} {cfg.env.task} ({cfg.credit.mode})")
 
 

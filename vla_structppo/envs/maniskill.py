@@ -6,12 +6,12 @@ simulator runs one env per ManiSkill instance; ``vector_mode: sync`` steps them 
 ManiSkill to ``[-1, 1]`` -- xyz delta (x 0.1 m, root frame), rotation delta (axis-angle, x 0.1 rad) and the
 gripper target (-1 closed .. +1 open) -- so bins decode on the grid of ``[-1, 1]^7``.
 
-Observation: the ``base_camera`` rgb image at ``cfg.image_size`` (upright as rendered), an instruction
+Observation: the ``env.maniskill.camera`` rgb image at ``cfg.image_size`` (upright as rendered), an instruction
 per task and, with ``state_obs``, the TCP pose (7) and the two finger joints (9 floats);
 ``observation: state`` gives ManiSkill's flat ``state`` observation instead. Reward is 1 on success steps
 (``reward_mode="sparse"``), ``info["success"]`` is ManiSkill's.
 
-``expert_bins()``: ManiSkill's motion-planning solutions (``mani_skill.examples.motionplanning``) plan
+``expert_action()``: ManiSkill's motion-planning solutions (``mani_skill.examples.motionplanning``) plan
 whole episodes in ``pd_joint_pos`` and cannot be asked for one action of a given state, so the expert
 here is a closed-loop scripted controller written for ``pd_ee_delta_pose`` that reads the privileged
 object poses (approach, descend, grasp, carry / push / stack); see ``docs/environments.md`` for its
@@ -36,7 +36,8 @@ import gymnasium as gym
 import numpy as np
 
 from ..config import EnvConfig
-from .libero import BinnedSimVectorEnv, decode_bins, image_obs_space, make_vector
+from .contract import EnvError, SimulatorMissingError
+from .sim import SimVectorEnv, image_obs_space, make_vector
 
 __all__ = ["MANISKILL_TASKS", "ManiSkillTaskEnv", "make_maniskill_env"]
 
@@ -71,7 +72,7 @@ def _import_maniskill():
     try:
         import mani_skill.envs  # noqa: F401  (registers the env ids)
     except ImportError as e:
-        raise ModuleNotFoundError(
+        raise SimulatorMissingError(
             f"ManiSkill3 is not installed in this interpreter ({e}). Install it into its own venv: "
             f"{MANISKILL_INSTALL}") from e
 
@@ -81,18 +82,18 @@ def _np(x: Any) -> np.ndarray:
 
 
 class ManiSkillTaskEnv(gym.Env):
-    """One ManiSkill3 CPU env: bins in, upright camera image + instruction out (see the module doc)."""
+    """One ManiSkill3 CPU env: continuous actions in, the upright camera picture (or state) out."""
 
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str = "PickCube-v1", image_size: int = 128, max_episode_steps: int = 100,
-                 num_bins: int = 256, terminate_on_success: bool = True, observation: str = "image",
-                 state_obs: bool = False) -> None:
+                 terminate_on_success: bool = True, observation: str = "image", state_obs: bool = False,
+                 camera: str = "base_camera") -> None:
         _import_maniskill()
         if task not in MANISKILL_TASKS:
-            raise ValueError(f"unsupported ManiSkill task {task!r}; valid: {list(MANISKILL_TASKS)}")
+            raise EnvError(f"unsupported ManiSkill task {task!r}; valid: {list(MANISKILL_TASKS)}")
         if observation not in ("image", "state"):
-            raise ValueError(f"observation must be 'state' or 'image', got {observation!r}")
+            raise EnvError(f"observation must be 'state' or 'image', got {observation!r}")
         obs_mode = "rgb" if observation == "image" else "state"
         try:
             # the raw env (no TimeLimit): the time limit and termination are handled here
@@ -100,17 +101,17 @@ class ManiSkillTaskEnv(gym.Env):
                                 sim_backend="cpu", sensor_configs=dict(width=image_size, height=image_size),
                                 render_mode="rgb_array").unwrapped
         except RuntimeError as e:
-            raise RuntimeError(
+            raise SimulatorMissingError(
                 f"ManiSkill3 / SAPIEN could not create {task} ({e}). It needs a Vulkan device: on a CPU-only "
                 f"machine run {MANISKILL_INSTALL} and export VK_ICD_FILENAMES=<venv>/vulkan-lvp/lvp_icd.json "
                 f"(currently {os.environ.get('VK_ICD_FILENAMES')!r})") from e
-        self.task, self.instruction = task, MANISKILL_TASKS[task]
+        self.task, self.instruction, self.camera = task, MANISKILL_TASKS[task], camera
         space = self.sim.single_action_space
         self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
-        self.num_bins, self.image_size = num_bins, image_size
+        self.image_size = image_size
         self.max_episode_steps, self.terminate_on_success = max_episode_steps, terminate_on_success
         self.observation_mode, self.state_obs = observation, state_obs
-        self.action_space = gym.spaces.MultiDiscrete([num_bins] * len(self.low))
+        self.action_space = gym.spaces.Box(space.low, space.high, dtype=np.float32)
         if observation == "image":
             self.observation_space = image_obs_space(image_size, 9 if state_obs else None)
         else:
@@ -125,8 +126,7 @@ class ManiSkillTaskEnv(gym.Env):
         raw = self._raw
         if self.observation_mode == "state":
             return _np(raw)[0].astype(np.float32)
-        obs = {"image": _np(raw["sensor_data"]["base_camera"]["rgb"])[0].astype(np.uint8),
-               "instruction": self.instruction}
+        obs = {"image": _np(raw["sensor_data"][self.camera]["rgb"])[0].astype(np.uint8)}
         if self.state_obs:
             obs["state"] = np.concatenate([_np(raw["extra"]["tcp_pose"])[0],
                                            _np(raw["agent"]["qpos"])[0, -2:]]).astype(np.float32)
@@ -141,8 +141,8 @@ class ManiSkillTaskEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action):
-        a = decode_bins(np.asarray(action).reshape(-1), self.low, self.high, self.num_bins)
-        self._raw, _, _, _, self._info = self.sim.step(a.astype(np.float32)[None])
+        a = np.asarray(action, np.float32).reshape(-1)
+        self._raw, _, _, _, self._info = self.sim.step(a[None])
         self._t += 1
         success = bool(_np(self._info["success"]).reshape(-1)[0])
         terminated = success and self.terminate_on_success
@@ -212,32 +212,27 @@ class ManiSkillTaskEnv(gym.Env):
             return self._move(tcp, np.array([behind_x, cube[1], half]), CLOSE)
         return self._move(tcp, np.array([goal[0] - half, cube[1], half]), CLOSE)
 
-    def expert_bins(self) -> np.ndarray:
-        """``expert_action()`` on the bin grid (nearest bin)."""
-        a = np.clip(self.expert_action(), self.low, self.high)
-        k = np.rint((a - self.low) / (self.high - self.low) * (self.num_bins - 1))
-        return k.astype(np.int64)
-
 
 def _make_maniskill_task(**kwargs: Any) -> ManiSkillTaskEnv:
     return ManiSkillTaskEnv(**kwargs)
 
 
-def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int) -> BinnedSimVectorEnv:
-    """A vector env of ``num_envs`` ManiSkill3 CPU envs of task ``cfg.task`` (default ``PickCube-v1``).
+def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
+    """A vector env of ``num_envs`` ManiSkill3 CPU envs of task ``cfg.task``.
 
     Env ``i`` is seeded with ``seed + i`` at the first reset. Raises ``ModuleNotFoundError`` /
     ``RuntimeError`` naming the install script and ``VK_ICD_FILENAMES`` when the simulator is unusable.
     """
-    task = cfg.task or "PickCube-v1"
+    task = cfg.task
     if task not in MANISKILL_TASKS:
-        raise ValueError(f"env.task must be one of {list(MANISKILL_TASKS)} for maniskill, got {cfg.task!r}")
+        raise EnvError(f"env.task must be one of {list(MANISKILL_TASKS)} for maniskill, got {cfg.task!r}")
     if cfg.action_dims != 7:
-        raise ValueError(f"pd_ee_delta_pose takes 7-d actions; env.action_dims is {cfg.action_dims}")
+        raise EnvError(f"pd_ee_delta_pose takes 7-d actions; env.action_dims is {cfg.action_dims}")
     _import_maniskill()  # fail here, with the install hint, rather than in a worker
     factory = functools.partial(
         _make_maniskill_task, task=task, image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps,
-        num_bins=cfg.num_bins, terminate_on_success=cfg.terminate_on_success, observation=cfg.observation,
-        state_obs=cfg.state_obs)
-    return BinnedSimVectorEnv(make_vector([factory] * num_envs, cfg.vector_mode), MANISKILL_ACTION_BOUNDS,
-                              seed=seed, has_expert=True)
+        terminate_on_success=cfg.terminate_on_success, observation=cfg.observation, state_obs=cfg.state_obs,
+        camera=cfg.maniskill.camera)
+    return SimVectorEnv(make_vector([factory] * num_envs, cfg.vector_mode), MANISKILL_ACTION_BOUNDS, cfg.num_bins,
+                        task_labels=[task] * num_envs, instructions=[MANISKILL_TASKS[task]] * num_envs,
+                        has_expert=True, seed=seed)

@@ -2,8 +2,8 @@
 
 ``env.task`` is one MT1 task (``reach-v3``, ``drawer-open-v3`` ...) or a benchmark (``MT10``,
 ``MT50``); with several tasks, env ``j`` runs task ``j % n_tasks`` for its whole life. Actions are bins
-``int [N, 4]`` (xyz move of the hand + gripper effort), decoded on the ActionTokenizer grid over the
-simulator's action bounds ``[-1, 1]``. Observations: ``observation=image`` gives ``{"image": uint8
+``int [N, 4]`` (xyz move of the hand + gripper effort), decoded on the bin grid (vla_structppo/bins.py)
+over the simulator's action bounds ``[-1, 1]`` by the shared :class:`~vla_structppo.envs.sim.SimVectorEnv`. Observations: ``observation=image`` gives ``{"image": uint8
 [N, S, S, 3] upright, "instruction": [N] str}`` (+ ``"state"``: hand xyz and gripper opening, float32
 [N, 4], with ``state_obs``); ``observation=state`` gives MetaWorld's 39-d state (hand, gripper,
 objects, previous frame, goal) as float32 [N, 39], which is what the scripted experts read.
@@ -15,7 +15,7 @@ Measured facts this module relies on (docs/environments.md, notes/simulators.md)
   process come out black, while ``mujoco.Renderer`` survives other renderers being closed; it also
   makes its GL context current before each render, so several envs share one process safely;
 * 4x MSAA, shadows and reflections are off (~10x faster, images still right);
-* a frame's cost on a CPU rasteriser is ~1 us per mesh triangle at any image size: ``env.mesh_lod``
+* a frame's cost on a CPU rasteriser is ~1 us per mesh triangle at any image size: ``env.metaworld.mesh_lod``
   simplifies the meshes for rendering only (envs/mesh_lod.py; 0.04 halves a 64 px frame's cost);
 * the corner cameras come out rotated by 180 degrees and are turned upright;
 * MT1 freezes each env on one of 50 fixed variants; with ``randomize_goals`` the goal / object
@@ -34,19 +34,21 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
 
 from ..config import EnvConfig
+from ..errors import UserError
+from .contract import EnvError, SimulatorMissingError
 from .mesh_lod import simplify_meshes
+from .sim import SimVectorEnv, image_obs_space, make_vector
 
 __all__ = [
     "ACTION_DIMS",
     "INSTRUCTIONS",
     "MetaWorldTaskEnv",
-    "MetaWorldVectorEnv",
     "RenderingUnavailableError",
     "STATE_DIMS",
     "instruction_for",
+    "make_metaworld_env",
     "resolve_tasks",
 ]
 
@@ -115,7 +117,7 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 
-class RenderingUnavailableError(RuntimeError):
+class RenderingUnavailableError(UserError, RuntimeError):
     """MuJoCo cannot render headless here; the message names MUJOCO_GL and the packages to install."""
 
 
@@ -134,7 +136,7 @@ def _import_metaworld():
         import metaworld
         import metaworld.env_dict  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"env.id=metaworld needs the metaworld package ({err}); {INSTALL_HINT}") from None
+        raise SimulatorMissingError(f"env.id=metaworld needs the metaworld package ({err}); {INSTALL_HINT}") from None
     return metaworld
 
 
@@ -150,7 +152,7 @@ def resolve_tasks(task: str) -> list[str]:
     if task in ALL_V3_ENVIRONMENTS:
         return [task]
     what = "env.task is empty" if not task else f"unknown MetaWorld task {task!r}"
-    raise ValueError(f"{what}; valid: {', '.join(BENCHMARKS)} or one of {', '.join(ALL_V3_ENVIRONMENTS)}")
+    raise EnvError(f"{what}; valid: {', '.join(BENCHMARKS)} or one of {', '.join(ALL_V3_ENVIRONMENTS)}")
 
 
 @cache
@@ -161,29 +163,20 @@ def _fixed_variants(task: str, task_seed: int) -> list:
     return list(metaworld.MT1(task, seed=task_seed).train_tasks)
 
 
-def _encode(actions: np.ndarray, low: np.ndarray, high: np.ndarray, num_bins: int) -> np.ndarray:
-    """Continuous actions -> the nearest bins of the ActionTokenizer grid (K points spanning [low, high])."""
-    x = np.clip(2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0, -1.0, 1.0)
-    return np.rint((x + 1.0) * 0.5 * (num_bins - 1)).astype(np.int64)
-
-
-def _decode(bins: np.ndarray, low: np.ndarray, high: np.ndarray, num_bins: int) -> np.ndarray:
-    """Bins -> continuous actions (``ActionTokenizer.decode``: bin k is ``low + (high - low) k / (K - 1)``)."""
-    return low + (high - low) * np.asarray(bins, np.float64) / (num_bins - 1)
-
-
 class MetaWorldTaskEnv(gym.Env):
     """One MetaWorld task in one process: continuous actions, its own time limit and success flag.
 
-    Observation: the 39-d state (float32), or ``{"image", "state"}`` when ``render_images``. ``info``:
-    ``success`` (the episode has succeeded at this step or before) and, on the last step,
-    ``episode_return`` / ``episode_length``. A worker of :class:`MetaWorldVectorEnv`.
+    Observation: the 39-d state (float32), or ``{"image"}`` when ``render_images`` (with ``state_obs``
+    also ``"state"``: hand xyz and gripper opening, float32 [4]). ``info``:
+    ``success`` (the episode has succeeded at this step or before). A worker of
+    :func:`make_metaworld_env`.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str, *, camera: str = "corner2", image_size: int = 64, max_episode_steps: int = 150,
                  terminate_on_success: bool = False, randomize_goals: bool = True, render_images: bool = True,
+                 state_obs: bool = False,
                  task_seed: int = 0, seed: int | None = None, reward: str = "dense", mesh_lod: float = 0.0,
                  action_repeat: int = 1) -> None:
         _import_metaworld()
@@ -196,6 +189,7 @@ class MetaWorldTaskEnv(gym.Env):
         self.task, self.camera, self.image_size, self.reward_mode = task, camera, image_size, reward
         self.max_episode_steps, self.terminate_on_success = max_episode_steps, terminate_on_success
         self.randomize_goals, self.render_images, self.task_seed = randomize_goals, render_images, task_seed
+        self.state_obs = state_obs
         self.mesh_lod, self.action_repeat = mesh_lod, action_repeat
         cls = ALL_V3_ENVIRONMENTS[task]
         # no render_mode: rendering uses a mujoco.Renderer of our own (see the module doc)
@@ -219,19 +213,17 @@ class MetaWorldTaskEnv(gym.Env):
         self._expert = ENV_POLICY_MAP[task]()
         low, high = raw.action_space.low.astype(np.float32), raw.action_space.high.astype(np.float32)
         self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
-        state_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIMS,), np.float32)
         self._check_camera()  # render() also serves state mode (videos)
         if render_images:
-            self.observation_space = gym.spaces.Dict({
-                "image": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8), "state": state_space})
+            self.observation_space = image_obs_space(image_size, PROPRIO_DIMS if state_obs else None)
         else:
-            self.observation_space = state_space
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIMS,), np.float32)
         self._renderer = None
         self._rng = np.random.default_rng(seed)
         if seed is not None:
             raw.seed(seed)
         self._state = np.zeros(STATE_DIMS)
-        self._t, self._return, self._succeeded = 0, 0.0, False
+        self._t, self._succeeded = 0, False
 
     def _check_camera(self) -> None:
         import mujoco
@@ -239,7 +231,7 @@ class MetaWorldTaskEnv(gym.Env):
         model = self._raw.model
         if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera) < 0:
             names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
-            raise ValueError(f"MetaWorld has no camera {self.camera!r}; env.camera must be one of {names}")
+            raise EnvError(f"MetaWorld has no camera {self.camera!r}; env.metaworld.camera must be one of {names}")
 
     # -- gymnasium API --------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -250,7 +242,7 @@ class MetaWorldTaskEnv(gym.Env):
             self._raw.set_task(self._variants[int(self._rng.integers(len(self._variants)))])
         state, _ = self._raw.reset()
         self._state = state
-        self._t, self._return, self._succeeded = 0, 0.0, False
+        self._t, self._succeeded = 0, False
         return self._obs(), {"success": False}
 
     def step(self, action):
@@ -267,20 +259,17 @@ class MetaWorldTaskEnv(gym.Env):
             if self._succeeded and self.terminate_on_success:
                 break
         self._t += 1
-        self._return += reward
         terminated = self._succeeded and self.terminate_on_success
         truncated = not terminated and self._t >= self.max_episode_steps
-        info: dict[str, Any] = {"success": self._succeeded}
-        if terminated or truncated:
-            info["episode_return"] = self._return
-            info["episode_length"] = self._t
-        return self._obs(), float(reward), terminated, truncated, info
+        return self._obs(), float(reward), terminated, truncated, {"success": self._succeeded}
 
     def _obs(self):
         state = self._state.astype(np.float32)
         if not self.render_images:
             return state
-        return {"image": self.render(), "state": state}
+        if self.state_obs:
+            return {"image": self.render(), "state": state[:PROPRIO_DIMS]}
+        return {"image": self.render()}
 
     def render(self) -> np.ndarray:
         """The camera's upright picture ``uint8 [S, S, 3]``."""
@@ -334,134 +323,28 @@ def _make_task_env(task: str, seed: int, **kwargs: Any) -> MetaWorldTaskEnv:
     return MetaWorldTaskEnv(task, seed=seed, **kwargs)
 
 
-class MetaWorldVectorEnv(gym.vector.VectorEnv):
+def make_metaworld_env(cfg: EnvConfig, num_envs: int, seed: int | None = None) -> SimVectorEnv:
     """``num_envs`` MetaWorld envs behind the env contract (bins in, image + instruction or state out).
 
-    ``vector_mode="sync"`` steps them one after another in this process (each keeps its renderer);
-    ``"async"`` runs one per worker process (``AsyncVectorEnv``, ``forkserver``). ``reset(seed=s)``
-    seeds env i with ``s + i``; later episodes come from each env's own RNG. ``env_tasks[j]`` is the task
-    of env j; ``tasks`` the distinct ones in benchmark order.
+    Env ``j`` runs task ``j % n_tasks`` of ``cfg.task`` (its ``task_labels[j]``). ``vector_mode=sync``
+    steps them one after another in this process (each keeps its renderer); ``async`` runs one per
+    worker process (forkserver). ``reset(seed=s)`` seeds env i with ``s + i``; later episodes come from
+    each env's own RNG.
     """
-
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int | None = None) -> None:
-        if cfg.action_dims != ACTION_DIMS:
-            raise ValueError(f"MetaWorld actions have {ACTION_DIMS} dims (hand xyz move + gripper); set "
-                             f"env.action_dims={ACTION_DIMS}, got {cfg.action_dims}")
-        if cfg.observation not in ("state", "image"):
-            raise ValueError(f"env.observation must be 'state' or 'image', got {cfg.observation!r}")
-        if cfg.vector_mode not in ("sync", "async"):
-            raise ValueError(f"env.vector_mode must be 'sync' or 'async', got {cfg.vector_mode!r}")
-        if cfg.autoreset_mode != "same_step":
-            raise ValueError(f"MetaWorld runs with env.autoreset_mode=same_step only, got {cfg.autoreset_mode!r}")
-        if cfg.max_episode_steps < 1:
-            raise ValueError(f"env.max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
-        self.cfg = cfg
-        self.num_envs = num_envs
-        self.tasks = resolve_tasks(cfg.task)
-        self.env_tasks = [self.tasks[j % len(self.tasks)] for j in range(num_envs)]
-        self.instructions = np.array([instruction_for(t) for t in self.env_tasks])
-        self.observation_mode, self.state_obs = cfg.observation, cfg.state_obs
-        images = cfg.observation == "image"
-        base = 0 if seed is None else seed
-        fns = [partial(_make_task_env, task, base + j, camera=cfg.camera, image_size=cfg.image_size,
-                       max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
-                       reward=cfg.reward,
-                       randomize_goals=cfg.randomize_goals, render_images=images, task_seed=cfg.task_seed,
-                       mesh_lod=cfg.mesh_lod, action_repeat=cfg.action_repeat)
-               for j, task in enumerate(self.env_tasks)]
-        if cfg.vector_mode == "sync":
-            self._inner = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-        else:
-            self._inner = gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=AutoresetMode.SAME_STEP)
-        self._low = np.asarray(self._inner.single_action_space.low, np.float64)
-        self._high = np.asarray(self._inner.single_action_space.high, np.float64)
-        K = cfg.num_bins
-        self.single_action_space = gym.spaces.MultiDiscrete([K] * ACTION_DIMS)
-        self.action_space = gym.spaces.MultiDiscrete(np.full((num_envs, ACTION_DIMS), K))
-        S = cfg.image_size
-        if images:
-            text = gym.spaces.Text(max_length=256)
-            single = {"image": gym.spaces.Box(0, 255, (S, S, 3), np.uint8), "instruction": text}
-            batch = {"image": gym.spaces.Box(0, 255, (num_envs, S, S, 3), np.uint8),
-                     "instruction": gym.spaces.Tuple([text] * num_envs)}
-            if cfg.state_obs:
-                single["state"] = gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIMS,), np.float32)
-                batch["state"] = gym.spaces.Box(-np.inf, np.inf, (num_envs, PROPRIO_DIMS), np.float32)
-            self.single_observation_space = gym.spaces.Dict(single)
-            self.observation_space = gym.spaces.Dict(batch)
-        else:
-            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIMS,), np.float32)
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, STATE_DIMS), np.float32)
-        self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
-
-    # -- actions --------------------------------------------------------------------------------------
-    @property
-    def action_bounds(self) -> tuple[list[float], list[float]]:
-        """The simulator's per-dim action bounds (the bins' grid spans them)."""
-        return self._low.tolist(), self._high.tolist()
-
-    def decode(self, bins: np.ndarray) -> np.ndarray:
-        """Bins ``[..., 4]`` -> the continuous actions the simulator executes."""
-        return _decode(bins, self._low, self._high, self.cfg.num_bins)
-
-    def expert_bins(self) -> np.ndarray:
-        """The scripted expert's action for every env's current state, as the nearest bins ``int [N, 4]``."""
-        actions = np.stack(self._inner.call("expert_action"))
-        return _encode(actions, self._low, self._high, self.cfg.num_bins)
-
-    # -- gymnasium API --------------------------------------------------------------------------------
-    def _wrap(self, obs):
-        """The inner envs' stacked observations -> the contract's layout."""
-        if self.observation_mode == "state":
-            return np.asarray(obs, np.float32)
-        out = {"image": np.asarray(obs["image"], np.uint8), "instruction": self.instructions.copy()}
-        if self.state_obs:
-            out["state"] = np.asarray(obs["state"][:, :PROPRIO_DIMS], np.float32)
-        return out
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        obs, _ = self._inner.reset(seed=seed)
-        return self._wrap(obs), {"success": np.zeros(self.num_envs, dtype=bool)}
-
-    def step(self, actions):
-        bins = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, ACTION_DIMS)
-        if bins.min() < 0 or bins.max() >= self.cfg.num_bins:
-            raise ValueError(f"action bins must lie in 0..{self.cfg.num_bins - 1}")
-        obs, reward, terminated, truncated, inner_info = self._inner.step(self.decode(bins).astype(np.float32))
-        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
-        done = terminated | truncated
-        out = self._wrap(obs)
-        # same-step autoreset: on a done row the inner info is the reset's, the step's is in final_info
-        success = np.asarray(inner_info["success"], bool).copy()
-        info: dict[str, Any] = {"success": success}
-        if done.any():
-            final = inner_info["final_info"]
-            success[done] = np.asarray(final["success"], bool)[done]
-            info["episode_return"] = np.where(done, np.asarray(final["episode_return"], np.float64), 0.0)
-            info["episode_length"] = np.where(done, np.asarray(final["episode_length"], np.int64), 0)
-            info["_episode"] = done.copy()
-            info["final_obs"] = self._final_obs(out, inner_info["final_obs"], done)
-            info["_final_obs"] = done.copy()
-        return out, np.asarray(reward, np.float64), terminated, truncated, info
-
-    def _final_obs(self, current, finals: np.ndarray, done: np.ndarray):
-        """All N rows: the last observation of the episodes that ended, the current one elsewhere."""
-        rows = np.flatnonzero(done)
-        if self.observation_mode == "state":
-            out = current.copy()
-            for i in rows:
-                out[i] = np.asarray(finals[i], np.float32)
-            return out
-        out = {k: v.copy() for k, v in current.items()}
-        for i in rows:
-            out["image"][i] = finals[i]["image"]
-            if self.state_obs:
-                out["state"][i] = np.asarray(finals[i]["state"][:PROPRIO_DIMS], np.float32)
-        return out
-
-    def render(self) -> np.ndarray:
-        """Every env's current picture ``uint8 [N, S, S, 3]`` (for videos, whatever the observation mode)."""
-        return np.stack(self._inner.call("render"))
-
-    def close(self, **kwargs: Any) -> None:
-        self._inner.close(**kwargs)
+    if cfg.action_dims != ACTION_DIMS:
+        raise EnvError(f"MetaWorld actions have {ACTION_DIMS} dims (hand xyz move + gripper); set "
+                         f"env.action_dims={ACTION_DIMS}, got {cfg.action_dims}")
+    tasks = resolve_tasks(cfg.task)
+    env_tasks = [tasks[j % len(tasks)] for j in range(num_envs)]
+    mw = cfg.metaworld
+    base = 0 if seed is None else seed
+    fns = [partial(_make_task_env, task, base + j, camera=mw.camera, image_size=cfg.image_size,
+                   max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
+                   reward=mw.reward, randomize_goals=mw.randomize_goals, render_images=cfg.observation == "image",
+                   state_obs=cfg.state_obs, task_seed=mw.task_seed, mesh_lod=mw.mesh_lod,
+                   action_repeat=mw.action_repeat)
+           for j, task in enumerate(env_tasks)]
+    inner = make_vector(fns, cfg.vector_mode)
+    low, high = inner.single_action_space.low, inner.single_action_space.high
+    return SimVectorEnv(inner, (low.tolist(), high.tolist()), cfg.num_bins, task_labels=env_tasks,
+                        instructions=[instruction_for(t) for t in env_tasks], has_expert=True, seed=seed)

@@ -1,41 +1,84 @@
-"""Environment ids -> vector env constructors (one dispatch on ``cfg.id``, no plugin discovery).
+"""The one env registry: ``env.id`` -> how to build its vector env and which tasks ``env.task`` names.
 
 Simulator modules are imported only when their id is asked for, so the structured task needs none of
 their packages installed."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 from ..config import ENV_IDS, EnvConfig
 from .structured import StructuredTaskSpec, StructuredTaskVectorEnv
 
-__all__ = ["ENV_IDS", "make_env", "structured_spec"]
+__all__ = ["ENV_IDS", "make_env", "structured_spec", "tasks_of"]
 
 
 def structured_spec(cfg: EnvConfig) -> StructuredTaskSpec:
+    s = cfg.structured
     return StructuredTaskSpec(
-        action_dims=cfg.action_dims, num_bins=cfg.num_bins, horizon=cfg.horizon,
-        dim_weights=list(cfg.dim_weights) if cfg.dim_weights is not None else None,
-        pairs=[(p.i, p.j, p.weight) for p in cfg.pairs], noise_std=cfg.noise_std, max_move=cfg.max_move,
-        goal_reach=cfg.goal_reach, terminate_on_success=cfg.terminate_on_success, num_goals=cfg.num_goals,
+        action_dims=cfg.action_dims, num_bins=cfg.num_bins, horizon=s.horizon,
+        dim_weights=list(s.dim_weights) if s.dim_weights is not None else None,
+        pairs=[(p.i, p.j, p.weight) for p in s.pairs], noise_std=s.noise_std, max_move=s.max_move,
+        goal_reach=s.goal_reach, terminate_on_success=cfg.terminate_on_success, num_goals=s.num_goals,
     )
 
 
-def make_env(cfg: EnvConfig, num_envs: int, seed: int):
-    """A gymnasium vector env of ``num_envs`` copies of ``cfg.id``."""
-    if cfg.id == "structured":
-        return StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed, autoreset_mode=cfg.autoreset_mode,
-                                       spec_seed=cfg.task_seed, observation=cfg.observation,
-                                       image_size=cfg.image_size)
-    if cfg.id == "metaworld":
-        from .metaworld import MetaWorldVectorEnv
+def _structured(cfg: EnvConfig, num_envs: int, seed: int) -> StructuredTaskVectorEnv:
+    return StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed,
+                                   autoreset_mode=cfg.structured.autoreset_mode, spec_seed=cfg.structured.task_seed,
+                                   observation=cfg.observation, image_size=cfg.image_size)
 
-        return MetaWorldVectorEnv(cfg, num_envs, seed=seed)
-    if cfg.id == "libero":
-        from .libero import make_libero_env
 
-        return make_libero_env(cfg, num_envs, seed)
-    if cfg.id == "maniskill":
-        from .maniskill import make_maniskill_env
+def _metaworld(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+    from .metaworld import make_metaworld_env
 
-        return make_maniskill_env(cfg, num_envs, seed)
-    raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENV_IDS)}")
+    return make_metaworld_env(cfg, num_envs, seed)
+
+
+def _libero(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+    from .libero import make_libero_env
+
+    return make_libero_env(cfg, num_envs, seed)
+
+
+def _maniskill(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+    from .maniskill import make_maniskill_env
+
+    return make_maniskill_env(cfg, num_envs, seed)
+
+
+def _metaworld_tasks(cfg: EnvConfig) -> list[str]:
+    from .metaworld import resolve_tasks
+
+    return resolve_tasks(cfg.task)
+
+
+def _libero_tasks(cfg: EnvConfig) -> list[str]:
+    from .libero import libero_suite_tasks
+
+    return [name for name, _ in libero_suite_tasks(cfg.task)]
+
+
+ENVS: dict[str, Callable[[EnvConfig, int, int], Any]] = {
+    "structured": _structured, "metaworld": _metaworld, "libero": _libero, "maniskill": _maniskill,
+}
+# what env.task names: one task, or a benchmark of several (MT10, a LIBERO suite)
+TASKS: dict[str, Callable[[EnvConfig], list[str]]] = {
+    "structured": lambda cfg: ["structured"], "metaworld": _metaworld_tasks, "libero": _libero_tasks,
+    "maniskill": lambda cfg: [cfg.task],
+}
+assert tuple(ENVS) == tuple(TASKS) == ENV_IDS  # config.py lists the ids without importing this module
+
+
+def make_env(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+    """A vector env of ``num_envs`` copies of ``cfg.id`` following the env contract (envs/contract.py)."""
+    if cfg.id not in ENVS:
+        raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENVS)}")
+    return ENVS[cfg.id](cfg, num_envs, seed)
+
+
+def tasks_of(cfg: EnvConfig) -> list[EnvConfig]:
+    """One env config per task that ``cfg.task`` names (``MT10`` -> its 10 tasks; one task -> itself)."""
+    return [dataclasses.replace(cfg, task=t) if cfg.id != "structured" else cfg for t in TASKS[cfg.id](cfg)]

@@ -33,7 +33,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-__all__ = ["StructuredTaskSpec", "StructuredTaskVectorEnv"]
+from ..bins import BinGrid
+
+__all__ = ["StructuredTaskSpec", "StructuredTaskVectorEnv", "optimal_bins"]
 
 
 @dataclass
@@ -81,7 +83,10 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
     reset step). ``info`` carries the ground truth: ``reward_per_dim [N, D]``, ``reward_pair
     [N, D, D]`` (i<j filled), ``optimal_return [N]`` (the episode's), ``success [N]`` and, on
     done steps, ``episode_return`` / ``episode_length`` / ``episode_optimal`` / ``_episode``.
+    The exact expert (:func:`optimal_bins`) is ``expert_bins()``.
     """
+
+    has_expert = True
 
     def __init__(self, spec: StructuredTaskSpec, num_envs: int, seed: int | None = None,
                  autoreset_mode: str = "same_step", spec_seed: int = 0, observation: str = "state",
@@ -110,9 +115,11 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         if mode is None:
             raise ValueError(f"autoreset_mode must be 'same_step' or 'next_step', got {autoreset_mode!r}")
         self.metadata = {"autoreset_mode": mode}
+        self.task_labels = ["structured"] * num_envs
+        self.grid = BinGrid(*self.action_bounds, K)
         self._w = spec.weights
         self._pairs = [(int(i), int(j), float(w)) for i, j, w in spec.pairs]
-        self._grid = 2.0 * spec.move / (K - 1)  # distance between neighbouring moves
+        self._step = 2.0 * spec.move / (K - 1)  # distance between neighbouring moves
         self._rng = np.random.default_rng(seed)
         # a fixed set of goals (the task's contexts), drawn once from its own seed
         self._goal_set = self._draw_goals(np.random.default_rng(spec_seed), spec.num_goals) if spec.num_goals else None
@@ -124,8 +131,8 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
 
     # -- structure ------------------------------------------------------------------------------
     def moves(self, actions: np.ndarray) -> np.ndarray:
-        """Coordinate moves of bins ``actions [..., D]``."""
-        return (2.0 * actions / (self.spec.num_bins - 1) - 1.0) * self.spec.move
+        """Coordinate moves of bins ``actions [..., D]`` (the bin grid over ``[-max_move, max_move]``)."""
+        return self.grid.decode(actions)
 
     def potential_parts(self, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(per_dim [N, D], pair [N, D, D])`` of the potential at errors ``err [N, D]``."""
@@ -148,10 +155,8 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         return [-move] * D, [move] * D
 
     def expert_bins(self) -> np.ndarray:
-        """The exact expert's bins ``int [N, D]`` for every env's current state (``demos.expert_bins``)."""
-        from .demos import expert_bins
-
-        return expert_bins(self, self._err, np.maximum(self.spec.horizon - self._t, 1))
+        """The exact expert's bins ``int [N, D]`` for every env's current state (:func:`optimal_bins`)."""
+        return optimal_bins(self.spec, self._err, np.maximum(self.spec.horizon - self._t, 1))
 
     # -- gymnasium API ----------------------------------------------------------------------------
     def _draw_goals(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -161,7 +166,7 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
             # odd K: a 'stay' bin exists, so any grid point within reach can be reached and held
             max_steps = int(np.floor(spec.goal_reach * spec.horizon * (spec.num_bins - 1) / 2))
             steps = rng.integers(-max_steps, max_steps + 1, size=(n, spec.action_dims))
-            return steps * self._grid
+            return steps * self._step
         # even K (a VLA's 256): no zero move; a goal is the sum of `horizon` moves, so it is reached
         # exactly at the last step (with terminate_on_success, as soon as it is reached)
         half = (spec.num_bins - 1) / 2
@@ -280,3 +285,26 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         self._ep_return[:] = state["ep_return"]
         self._ep_optimal[:] = state["ep_optimal"]
         self._needs_reset[:] = state["needs_reset"]
+
+
+def optimal_bins(spec: StructuredTaskSpec, err: np.ndarray, steps_left: np.ndarray) -> np.ndarray:
+    """Optimal bins ``[N, D]`` at errors ``err [N, D]`` with ``steps_left [N]`` (>= 1) steps to go.
+
+    Goals lie on the move grid, so with ``s`` steps left the expert picks, per dim, the bin that brings the
+    error closest to 0 *among the moves after which 0 is still reachable in ``s - 1`` steps*. Plain greedy
+    is not optimal for an even K (a VLA's 256): there is no zero move, and stepping onto the goal early can
+    leave an error the last step cannot cancel.
+
+    Works in units of half the move grid, where bin k moves by ``2k - (K - 1)`` (an integer) and the sums
+    of n moves are exactly the integers v with ``|v| <= n (K - 1)`` and ``v = n (K - 1) mod 2``.
+    """
+    K = spec.num_bins
+    half_grid = spec.move / (K - 1)
+    u = np.rint(np.asarray(err, dtype=np.float64) / half_grid).astype(np.int64)  # [N, D]
+    moves = 2 * np.arange(K) - (K - 1)  # [K]
+    after = u[..., None] + moves  # [N, D, K] error after each bin
+    n = (np.asarray(steps_left, dtype=np.int64) - 1)[:, None, None]  # steps left after this one
+    reachable = (np.abs(after) <= n * (K - 1)) & ((after - n * (K - 1)) % 2 == 0)
+    # an unreachable goal (only off-grid errors, which the env never draws) falls back to plain greedy
+    cost = np.where(reachable, np.abs(after), np.abs(after) + 10 * K * (int(n.max(initial=0)) + 1))
+    return cost.argmin(-1)

@@ -1,12 +1,9 @@
 """Continuous actions <-> per-dim bins <-> vocabulary token ids (RT-2 / OpenVLA style).
 
-Each action dim ``i`` is normalised to ``[-1, 1]`` by its bounds ``[low_i, high_i]`` (the q01 / q99
-of a demonstration dataset, as OpenVLA does, or an environment's action bounds) and clipped; the
-K bins of a dim are K evenly spaced points spanning ``[-1, 1]`` *including both ends*, and a value
-goes to its nearest point. So ``decode(encode(x)) = x`` for every bin value, the ends of the range are
-reachable, an odd K has an exact zero, and the quantisation error is at most ``1 / (K - 1)`` of the
-half-range. (OpenVLA instead uses K uniform edges and decodes to 255 centres, so its top bin is never
-decoded exactly; a checkpoint converted from it keeps its own ids but re-bins to this grid.)
+Each action dim ``i`` has bounds ``[low_i, high_i]`` (the q01 / q99 of a demonstration dataset, as
+OpenVLA does, or an environment's action bounds); its K bins are the points of the bin grid
+(vla_structppo/bins.py: K evenly spaced points spanning the bounds, both ends included) — the same
+grid every env decodes its bins on.
 
 Bin ``k`` of every dim is the same vocabulary token ``token_ids[k]``: either the last K ids of the
 vocabulary (OpenVLA reuses the least-used ones; nothing to resize) or K added ``<act_k>`` tokens.
@@ -24,27 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ACTION_TOKEN_MODES", "ActionTokenizer", "ActionTokenizerError", "FILE_NAME", "quantile_bounds"]
+from ..bins import BinGrid
+from ..errors import UserError
+
+__all__ = ["ACTION_TOKEN_MODES", "ActionTokenizer", "ActionTokenizerError", "FILE_NAME"]
 
 FILE_NAME = "action_tokenizer.json"
 ACTION_TOKEN_MODES = ("last_k", "add")
 _FORMAT_VERSION = 1
 
 
-class ActionTokenizerError(ValueError):
+class ActionTokenizerError(UserError, ValueError):
     """A tokenizer that cannot hold the bins, or an action tokenizer file that is malformed."""
-
-
-def quantile_bounds(actions: np.ndarray, low_q: float = 0.01, high_q: float = 0.99) -> tuple[list[float], list[float]]:
-    """Per-dim ``(q01, q99)`` of ``actions [N, D]`` (robust to the outliers teleoperation leaves)."""
-    a = np.asarray(actions, dtype=np.float64)
-    if a.ndim != 2 or len(a) == 0:
-        raise ActionTokenizerError(f"need actions of shape [N, D] with N > 0, got {a.shape}")
-    low, high = np.quantile(a, low_q, axis=0), np.quantile(a, high_q, axis=0)
-    # a constant dim (e.g. a gripper always open in the demos) would divide by zero
-    same = high - low < 1e-8
-    low, high = np.where(same, low - 1.0, low), np.where(same, high + 1.0, high)
-    return low.tolist(), high.tolist()
 
 
 @dataclass
@@ -112,32 +100,24 @@ class ActionTokenizer:
     def added_token_strings(num_bins: int) -> list[str]:
         return [f"<act_{k}>" for k in range(num_bins)]
 
-    # -- mapping ----------------------------------------------------------------------------------
+    # -- mapping (the bin grid of vla_structppo/bins.py, shared with every env) ---------------------------
     @property
-    def bin_values(self) -> np.ndarray:
-        """The K normalised bin values in ``[-1, 1]`` (both ends included)."""
-        return np.linspace(-1.0, 1.0, self.num_bins)
-
-    def normalize(self, actions: np.ndarray) -> np.ndarray:
-        low, high = np.asarray(self.low), np.asarray(self.high)
-        return np.clip(2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0, -1.0, 1.0)
+    def grid(self) -> BinGrid:
+        return BinGrid(self.low, self.high, self.num_bins)
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """Continuous ``actions [..., D]`` -> bins ``[..., D]`` (int64); out-of-bounds values clip."""
         a = np.asarray(actions, np.float64)
         if a.shape[-1] != self.action_dims:
             raise ActionTokenizerError(f"actions have {a.shape[-1]} dims, the action tokenizer {self.action_dims}")
-        x = self.normalize(a)
-        return np.rint((x + 1.0) * 0.5 * (self.num_bins - 1)).astype(np.int64)
+        return self.grid.encode(a)
 
     def decode(self, bins: np.ndarray) -> np.ndarray:
         """Bins ``[..., D]`` -> continuous actions ``[..., D]`` (the bin values, un-normalised)."""
-        b = np.asarray(bins, np.int64)
-        if b.size and (b.min() < 0 or b.max() >= self.num_bins):
-            raise ActionTokenizerError(f"bins must lie in 0..{self.num_bins - 1}")
-        x = self.bin_values[b]
-        low, high = np.asarray(self.low), np.asarray(self.high)
-        return low + (x + 1.0) * 0.5 * (high - low)
+        try:
+            return self.grid.decode(bins)
+        except ValueError as err:
+            raise ActionTokenizerError(str(err)) from None
 
     def bins_to_tokens(self, bins):
         """Bins -> token ids (numpy or torch, any shape)."""

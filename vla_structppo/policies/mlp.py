@@ -11,7 +11,10 @@ from torch import nn
 
 from .base import ActOutput, EvalOutput, StateInputsMixin, categorical_stats
 
-__all__ = ["AutoregressiveMLPPolicy", "MLPPolicy"]
+__all__ = ["FIRST_LAYER", "AutoregressiveMLPPolicy", "MLPPolicy"]
+
+# the first trunk layer of both policies: its weight is ``[hidden, obs_dim]`` (a checkpoint's input width)
+FIRST_LAYER = "trunk.0.weight"
 
 
 def _trunk(obs_dim: int, hidden: int, layers: int) -> nn.Sequential:
@@ -43,6 +46,7 @@ class MLPPolicy(StateInputsMixin, nn.Module):
     def __init__(self, obs_dim: int, action_dims: int, num_bins: int, hidden_size: int = 64, num_layers: int = 2):
         super().__init__()
         self.action_dims, self.num_bins, self.feature_dim = action_dims, num_bins, hidden_size
+        self.obs_dim = obs_dim
         self.trunk = _trunk(obs_dim, hidden_size, num_layers)
         self.logits = nn.Linear(hidden_size, action_dims * num_bins)
         # Near-uniform initial policy (CleanRL's std=0.01 actor init).
@@ -82,6 +86,7 @@ class AutoregressiveMLPPolicy(StateInputsMixin, nn.Module):
     def __init__(self, obs_dim: int, action_dims: int, num_bins: int, hidden_size: int = 64, num_layers: int = 2):
         super().__init__()
         self.action_dims, self.num_bins, self.feature_dim = action_dims, num_bins, hidden_size
+        self.obs_dim = obs_dim
         self.trunk = _trunk(obs_dim, hidden_size, num_layers)
         self.action_embedding = nn.Parameter(torch.randn(action_dims, num_bins, hidden_size) * 0.1)
         self.out_weight = nn.Parameter(torch.randn(action_dims, hidden_size, num_bins) * 0.01)

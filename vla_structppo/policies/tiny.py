@@ -24,10 +24,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLProcessor,
 )
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils import is_torchvision_available
+
+from .processors import Qwen2_5_VLImageOnlyProcessor
 
 TINY_ARCHS: tuple[str, ...] = ("paligemma", "paligemma2", "qwen2_5_vl", "smolvlm", "llava")
 
@@ -82,32 +82,6 @@ _CORPUS: tuple[str, ...] = (
     "Answer briefly. What is in the image? A robot arm, a table, a cup.",
     "User: Assistant: <end_of_utterance> system user assistant",
 )
-
-
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without the video processor.
-
-    Why: the stock processor requires a video processor, and every video processor needs torchvision, which
-    cannot be installed beside the CPU torch here. A VLA only sees images, and image handling (patching,
-    ``image_grid_thw``, ``<|image_pad|>`` expansion, ``mm_token_type_ids``) is inherited unchanged. The
-    sub-processors are read off ``__init__``'s signature, so dropping the argument drops the video part from
-    construction, ``save_pretrained`` and ``from_pretrained``.
-    """
-
-    def __init__(
-        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
-    ):
-        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
-        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-
-# ``AutoProcessor.from_pretrained`` resolves ``processor_class`` through registered classes. Only claim the
-# Qwen2.5-VL config where the stock processor cannot load anyway (no torchvision).
-if not is_torchvision_available():
-    AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
 
 
 def _check_arch(arch: str) -> None:
@@ -432,7 +406,6 @@ def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> P
 
 __all__ = [
     "NUM_ACTION_FILLERS",
-    "Qwen2_5_VLImageOnlyProcessor",
     "TINY_ARCHS",
     "build_tiny_vla",
     "build_tokenizer",

@@ -15,13 +15,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import VLA_MODEL_TYPES
+from ..errors import UserError
 
-__all__ = ["ARCHS", "ArchSpec", "UnsupportedArchitectureError", "arch_for", "read_model_config"]
+__all__ = ["ARCHS", "ArchSpec", "UnsupportedArchitectureError", "VLACheckpointError", "arch_for", "read_model_config"]
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(UserError, ValueError):
     """A checkpoint whose architecture the VLA policy does not implement; the message lists the supported."""
+
+
+class VLACheckpointError(UserError, FileNotFoundError):
+    """A VLA model or checkpoint that cannot be loaded as given; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,13 @@ ARCHS: dict[str, ArchSpec] = {
     "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                       image_text="<image>"),
 }
-assert tuple(ARCHS) == VLA_MODEL_TYPES  # config.py keeps the list torch-free; both must agree
 
 
 def read_model_config(path: str | Path) -> dict:
     """``config.json`` of a local checkpoint dir (light: no torch)."""
     p = Path(path) / "config.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: model.name_or_path must be a checkpoint dir with config.json "
+        raise VLACheckpointError(f"{p} not found: model.name_or_path must be a checkpoint dir with config.json "
                                 "(e.g. one written by scripts/make_tiny_vla.py) or a Hub id")
     return json.loads(p.read_text())
 

@@ -1,8 +1,11 @@
-"""Build a :class:`VLAPolicy` from a config: preflight checks, model + processor + action tokenizer, LoRA.
+"""Build a :class:`VLAPolicy`: preflight checks, model + processor + action tokenizer, LoRA.
 
 Order matters for users: :func:`preflight` reads only small JSON files and fails — with the fix in the
 message — on an unsupported architecture, remote code not allowed, a vocabulary that cannot hold the
-bins, action dims that do not match the env, or a checkpoint missing a file, *before* any weights load.
+bins or action dims that do not match the env, *before* any weights load. Where each part comes from
+(the base model, an adapter or fully fine-tuned checkpoint to start from, the processor, the action
+tokenizer) is decided by the checkpoint layer (vla_structppo/checkpoints) and handed in as
+:class:`VLASources`; nothing here knows a run directory's layout.
 """
 
 from __future__ import annotations
@@ -12,36 +15,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, TrainConfig
-from .action_tokenizer import FILE_NAME as ACTION_TOKENIZER_FILE
+from ..config import ModelConfig
+from . import processors  # noqa: F401 - registers the image-only Qwen2.5-VL processor where torchvision is missing
 from .action_tokenizer import ActionTokenizer, ActionTokenizerError
-from .vla_arch import ArchSpec, arch_for, read_model_config
+from .vla_arch import ArchSpec, VLACheckpointError, arch_for, read_model_config
 
-__all__ = ["VLAFiles", "apply_lora", "load_vla_policy", "policy_files", "preflight"]
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-FULL_MODEL_FILES = ("config.json", "model.safetensors")
+__all__ = ["VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "load_adapter_weights",
+           "load_vla_policy", "preflight"]
 
 
-class VLACheckpointError(FileNotFoundError):
-    """A VLA checkpoint dir that lacks a file it needs; the message names it."""
+@dataclass(frozen=True)
+class VLASources:
+    """Where each part of a VLA policy comes from (decided by vla_structppo.checkpoints)."""
+
+    weights: str
+    """The transformers checkpoint whose weights load: the base model (dir or Hub id) or a fully
+    fine-tuned checkpoint dir of this project."""
+    processor: str
+    """Dir or Hub id of the processor (a checkpoint saves its own)."""
+    adapter: Path | None = None
+    """A peft adapter dir to load (trainable) on top of ``weights``."""
+    action_tokenizer: Path | None = None
+    """A dir holding ``action_tokenizer.json`` (a checkpoint's, or one shipped with the base model)."""
+    trained: bool = False
+    """The adapter / weights were trained with that action tokenizer, so the recipe must agree with it."""
+    revision: str | None = None
+    """Hub revision of ``weights`` / ``processor`` when they are Hub ids."""
 
 
 @dataclass
 class VLAFiles:
-    """Where each part comes from, resolved by :func:`preflight`."""
+    """:class:`VLASources` after the preflight: the architecture and the action tokenizer, checked."""
 
-    base: str  # the transformers checkpoint (dir or Hub id) the weights load from
+    sources: VLASources
     arch: ArchSpec
-    processor_from: str
-    adapter_from: str | None  # a dir with a peft adapter to start from
     action_tokenizer: ActionTokenizer | None  # None: build a new one from the vocabulary
-
-
-def policy_files(directory: Path, lora: bool) -> list[str]:
-    """The files a checkpoint of the VLA policy must hold."""
-    weights = list(ADAPTER_FILES) if lora else list(FULL_MODEL_FILES)
-    return [*weights, ACTION_TOKENIZER_FILE, "processor_config.json"]
 
 
 def _is_local(path: str) -> bool:
@@ -53,91 +61,48 @@ def _vocab_size(model_config: dict) -> int | None:
     return text.get("vocab_size") or model_config.get("vocab_size")
 
 
-def _check_files(directory: Path, names: list[str], what: str) -> None:
-    missing = [n for n in names if not (directory / n).is_file()]
-    if missing:
-        raise VLACheckpointError(f"{what} {directory} is missing {missing}; it is incomplete or was not written by "
-                                 "vla-structppo (train / sft write adapter, heads, action tokenizer and processor)")
-
-
-def preflight(cfg: TrainConfig) -> VLAFiles:
-    """Resolve and check every file of the VLA policy without loading weights."""
-    m = cfg.model
-    init_from = cfg.init_from
-    if init_from and init_from.startswith("hf://"):  # a pushed run: download it, then check it as a local dir
-        from ..hub import resolve_checkpoint
-
-        init_from = str(resolve_checkpoint(init_from))
-    init = Path(init_from) if init_from else None
-    base = m.name_or_path
-    if init is not None:
-        if not init.is_dir():
-            raise VLACheckpointError(f"init_from={str(init)!r} does not exist or is not a directory")
-        saved = _saved_model_path(init)
-        base = base or saved
-    if not base:
-        raise VLACheckpointError("no model: set model.name_or_path (or init_from a VLA checkpoint)")
-    if init is not None and (init / "adapter_config.json").exists():
-        _check_files(init, [*ADAPTER_FILES, ACTION_TOKENIZER_FILE], "init_from checkpoint")
-        adapter_from, weights_from = str(init), base
-    elif init is not None:
-        _check_files(init, [*FULL_MODEL_FILES, ACTION_TOKENIZER_FILE], "init_from checkpoint")
-        adapter_from, weights_from = None, str(init)
-    else:
-        adapter_from, weights_from = None, base
-    if not _is_local(weights_from) and (weights_from.startswith(("/", ".", "~")) or weights_from.count("/") > 1):
+def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASources) -> VLAFiles:
+    """Check the model behind ``sources`` against the recipe without loading weights."""
+    weights = sources.weights
+    if not _is_local(weights) and (weights.startswith(("/", ".", "~")) or weights.count("/") > 1):
         raise VLACheckpointError(
-            f"model.name_or_path={weights_from!r}: no such directory (a Hub id looks like org/name). Make a "
+            f"model.name_or_path={weights!r}: no such directory (a Hub id looks like org/name). Make a "
             "tiny local VLA with: python scripts/make_tiny_vla.py --arch llava --out DIR")
-    model_config = read_model_config(weights_from) if _is_local(weights_from) else None
-    if model_config is not None:
-        arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)
+    if _is_local(weights):
+        model_config = read_model_config(weights)
     else:  # a Hub id: the config comes with the download
         from transformers import AutoConfig
 
-        mc = AutoConfig.from_pretrained(weights_from, revision=m.revision, trust_remote_code=m.trust_remote_code)
-        model_config = mc.to_dict()
-        arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(weights, revision=sources.revision,
+                                                  trust_remote_code=m.trust_remote_code).to_dict()
+    arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)
 
-    at_dir = init if init is not None else (Path(weights_from) if _is_local(weights_from) else None)
     action_tokenizer = None
-    if at_dir is not None and (at_dir / ACTION_TOKENIZER_FILE).exists():
-        action_tokenizer = ActionTokenizer.load(at_dir)
+    if sources.action_tokenizer is not None:
+        action_tokenizer = ActionTokenizer.load(sources.action_tokenizer)
         if action_tokenizer.mode != m.action_tokens:
-            if init is not None:  # a trained checkpoint's bins are what its adapter learned
+            if sources.trained:  # a trained checkpoint's bins are what its adapter learned
                 raise ActionTokenizerError(
-                    f"init_from={str(init)!r} uses action_tokens={action_tokenizer.mode!r} but the recipe says "
-                    f"model.action_tokens={m.action_tokens!r}; set model.action_tokens={action_tokenizer.mode}")
+                    f"the checkpoint {str(sources.action_tokenizer)!r} uses action_tokens={action_tokenizer.mode!r} "
+                    f"but the recipe says model.action_tokens={m.action_tokens!r}; set "
+                    f"model.action_tokens={action_tokenizer.mode}")
             action_tokenizer = None  # a base model: build the bins the recipe asks for
-    D, K = cfg.env.action_dims, cfg.env.num_bins
+    D, K = action_dims, num_bins
+    vocab = _vocab_size(model_config)
     if action_tokenizer is not None:
         if action_tokenizer.action_dims != D or action_tokenizer.num_bins != K:
             raise ActionTokenizerError(
                 f"the checkpoint's action tokenizer has {action_tokenizer.action_dims} dims x "
                 f"{action_tokenizer.num_bins} bins but the env is configured with env.action_dims={D}, "
                 f"env.num_bins={K}; set them to match the model (a VLA's action dims are fixed by its training)")
-        vocab = _vocab_size(model_config)
-        if m.action_tokens == "last_k" and action_tokenizer.mode == "last_k" and vocab is not None \
-                and max(action_tokenizer.token_ids) >= vocab:
+        if action_tokenizer.mode == "last_k" and vocab is not None and max(action_tokenizer.token_ids) >= vocab:
             raise ActionTokenizerError(f"action token ids reach {max(action_tokenizer.token_ids)} but the model's "
                                        f"vocabulary has {vocab} ids")
-    elif m.action_tokens == "last_k":
-        vocab = _vocab_size(model_config)
-        if vocab is not None and vocab < K + 1:
-            raise ActionTokenizerError(
-                f"the model's vocabulary ({vocab} tokens) cannot hold {K} action bins plus the prompt's tokens; "
-                "use model.action_tokens=add (adds <act_k> tokens and resizes the embeddings) or fewer env.num_bins")
-    processor_from = str(init) if init is not None and (init / "processor_config.json").exists() else weights_from
-    return VLAFiles(weights_from, arch, processor_from, adapter_from, action_tokenizer)
-
-
-def _saved_model_path(checkpoint: Path) -> str | None:
-    cfg_file = checkpoint / "config.yaml"
-    if not cfg_file.is_file():
-        return None
-    from ..config import config_from_yaml_text
-
-    return config_from_yaml_text(cfg_file.read_text()).model.name_or_path
+    elif m.action_tokens == "last_k" and vocab is not None and vocab < K + 1:
+        raise ActionTokenizerError(
+            f"the model's vocabulary ({vocab} tokens) cannot hold {K} action bins plus the prompt's tokens; "
+            "use model.action_tokens=add (adds <act_k> tokens and resizes the embeddings) or fewer env.num_bins")
+    return VLAFiles(sources, arch, action_tokenizer)
 
 
 def _dtype(name: str):
@@ -146,24 +111,25 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_vla_policy(cfg: TrainConfig, files: VLAFiles | None = None, *, bounds: tuple[list[float], list[float]]
-                    | None = None):
-    """The VLA policy of ``cfg`` (weights loaded, LoRA applied, trainable parameters set)."""
+def load_vla_policy(m: ModelConfig, action_dims: int, num_bins: int, files: VLAFiles, *,
+                    bounds: tuple[list[float], list[float]] | None = None):
+    """The VLA policy (weights loaded, LoRA applied or loaded, trainable parameters set). ``bounds``:
+    the action normalisation bounds to use (SFT from a dataset's q01 / q99), else the tokenizer's."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from . import tiny  # noqa: F401 - registers the image-only Qwen processor where torchvision is missing
     from .vla import VLAPolicy
 
-    files = files or preflight(cfg)
-    m = cfg.model
-    common = dict(revision=m.revision if not _is_local(files.base) else None, trust_remote_code=m.trust_remote_code)
-    processor = AutoProcessor.from_pretrained(files.processor_from, **common)
+    src = files.sources
+    common = dict(trust_remote_code=m.trust_remote_code)
+    processor = AutoProcessor.from_pretrained(src.processor, revision=None if _is_local(src.processor)
+                                              else src.revision, **common)
     processor.tokenizer.padding_side = "left"  # batched decoding: each prompt's last token at the row's end
-    model = AutoModelForImageTextToText.from_pretrained(files.base, dtype=_dtype(m.dtype),
+    model = AutoModelForImageTextToText.from_pretrained(src.weights, dtype=_dtype(m.dtype),
+                                                        revision=None if _is_local(src.weights) else src.revision,
                                                         attn_implementation=m.attn_implementation, **common)
     tokenizer = processor.tokenizer
     action_tokenizer = files.action_tokenizer
-    D, K = cfg.env.action_dims, cfg.env.num_bins
+    D, K = action_dims, num_bins
     low, high = bounds if bounds is not None else ([-1.0] * D, [1.0] * D)
     if action_tokenizer is None:
         if m.action_tokens == "add":
@@ -183,7 +149,7 @@ def load_vla_policy(cfg: TrainConfig, files: VLAFiles | None = None, *, bounds: 
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if m.lora.enabled:
-        model = apply_lora(model, files.arch, m, action_tokenizer, adapter_from=files.adapter_from)
+        model = apply_lora(model, files.arch, m, action_tokenizer, adapter_from=src.adapter)
     else:
         _set_full_finetune(model, files.arch, m.lora.include_vision)
     return VLAPolicy(model, processor, action_tokenizer, files.arch, prompt=m.prompt, feature_layer=m.feature_layer)
@@ -244,30 +210,16 @@ def _set_full_finetune(model, arch: ArchSpec, include_vision: bool) -> None:
         p.requires_grad_(include_vision or not vision.match(name))
 
 
-def load_policy_weights(policy, directory: Path) -> None:
-    """Strictly load a checkpoint's adapter (or full model) weights into ``policy`` (resume)."""
+def load_adapter_weights(policy, path: Path) -> None:
+    """Strictly load an adapter's weights (``adapter_model.safetensors`` at ``path``) into a policy that
+    already carries an adapter of the same shape (resume)."""
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    if hasattr(policy.model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        path = directory / "adapter_model.safetensors"
-        if not path.is_file():
-            raise VLACheckpointError(f"checkpoint file missing: {path}")
-        state = load_file(str(path))
-        result = set_peft_model_state_dict(policy.model, state)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k or "trainable_tokens" in k]
-        if unexpected or missing:
-            raise VLACheckpointError(f"{path} does not match this adapter: unexpected {unexpected[:5]}, "
-                                     f"missing {missing[:5]}")
-    else:
-        path = directory / "model.safetensors"
-        if not path.is_file():
-            raise VLACheckpointError(f"checkpoint file missing: {path}")
-        # save_pretrained writes the architecture's on-disk key names (and one copy of tied weights);
-        # from_pretrained maps them back, then the live model takes the weights strictly
-        from transformers import AutoModelForImageTextToText
-
-        loaded = AutoModelForImageTextToText.from_pretrained(str(directory), dtype=policy.base_model.dtype)
-        policy.base_model.load_state_dict(loaded.state_dict(), strict=True)
+    state = load_file(str(path))
+    result = set_peft_model_state_dict(policy.model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k or "trainable_tokens" in k]
+    if unexpected or missing:
+        raise VLACheckpointError(f"{path} does not match this adapter: unexpected {unexpected[:5]}, "
+                                 f"missing {missing[:5]}")

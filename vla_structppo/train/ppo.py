@@ -29,12 +29,23 @@ from ..algo import (
     ppo_policy_loss,
     value_loss,
 )
+from ..checkpoints import (
+    build_agent,
+    layout,
+    list_checkpoints,
+    resolve,
+    save_agent,
+    torch_load,
+    write_atomic_dir,
+)
+from ..checkpoints.store import CheckpointError, prune, to_torch_tree
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import credit_summary, explained_variance, plot_credit, plot_learning_curve
 from ..envs import make_env
+from ..eval import evaluate_during_training
+from ..policies.agent import Agent
 from ..policies.base import select_batch
-from . import checkpoint as ckpt
-from .agent import Agent
+from .accel import make_accelerator
 from .metrics_log import MetricsLog
 from .rollout import Rollout, RolloutState, collect_rollout
 
@@ -60,18 +71,6 @@ class TrainResult:
 
 
 # -- setup helpers -----------------------------------------------------------------------------------
-def _make_accelerator(cfg: TrainConfig) -> Accelerator:
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    return Accelerator(
-        cpu=cpu,
-        gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
-        log_with="tensorboard" if cfg.logging.tensorboard else None,
-        project_dir=str(cfg.run_dir),
-    )
-
-
 def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
     value_lr = cfg.ppo.value_learning_rate if cfg.ppo.value_learning_rate is not None else cfg.ppo.learning_rate
     groups = [{"params": agent.trainable_parameters(), "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate},
@@ -108,35 +107,26 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     """Run PPO with the structured advantage as configured; returns the run dir, agent and metrics.
     ``command``: the command line that started the run (the CLI passes it; saved as ``command.txt``)."""
     cfg.validate()
-    accelerator = _make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, cfg.ppo.gradient_accumulation_steps)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.env.num_envs % world:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
-    init_from = cfg.init_from
-    if init_from and init_from.startswith("hf://"):  # a pushed run: fetched into the HF cache, then a local dir
-        from ..hub import resolve_checkpoint
-
-        init_from = str(resolve_checkpoint(init_from))
-    if cfg.policy.type == "vla":  # every VLA file checked before any weights load
-        from ..policies.vla_loading import preflight
-
-        preflight(cfg)
-    if init_from:
-        ckpt.check_init_from(init_from)
+    # the weights to start from: a checkpoint of this run (resume) or of another (init_from); a run dir
+    # or hf://org/name resolves to a checkpoint dir here, once
+    start = resolve(cfg.resume) if cfg.resume else resolve(cfg.init_from) if cfg.init_from else None
     run_dir, device = cfg.run_dir, accelerator.device
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        if command:  # how the run was started, for the model card's "reproduce" line
-            (run_dir / "command.txt").write_text(command + "\n")
-    accelerator.wait_for_everyone()
-
     set_seed(cfg.seed)  # identical initial weights on every process
     env_seed = cfg.seed * 1_000_003 + rank
     envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
-    agent = Agent.from_config(cfg, envs)
-    if init_from:
-        _init_from(agent, init_from)
+    obs_space = envs.single_observation_space
+    agent = build_agent(cfg, obs_dim=None if cfg.policy.type == "vla" else obs_space.shape[0], start_from=start)
+    # the run is known to start (envs made, model loaded): only now is its dir written
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
+        if command:  # how the run was started, for the model card's "reproduce" line
+            (run_dir / layout.COMMAND).write_text(command + "\n")
+    accelerator.wait_for_everyone()
     optimizer = torch.optim.Adam(_param_groups(agent, cfg), eps=1e-5)
     agent, optimizer = accelerator.prepare(agent, optimizer)
     core: Agent = accelerator.unwrap_model(agent)
@@ -147,7 +137,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         core.policy.temperature = cfg.model.rollout_temperature
     counters = {"update": 0, "global_step": 0, "nan_streak": 0}
     if cfg.resume:
-        counters = _load_checkpoint(cfg.resume, accelerator, core, optimizer, envs, state)
+        counters = _load_trainer_state(start, accelerator, core, optimizer, envs, state)
 
     history = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, keep_until=counters["update"])
     if cfg.logging.tensorboard:
@@ -229,8 +219,6 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         if cfg.eval.every > 0 and (update % cfg.eval.every == 0 or update == cfg.num_updates):
             # main process only, on its own envs; every RNG stream is restored, so training is unchanged
             if accelerator.is_main_process:
-                from ..eval import evaluate_during_training
-
                 metrics.update(evaluate_during_training(core, cfg, update))
             accelerator.wait_for_everyone()
             is_log_step = True  # the evaluation's numbers are always logged
@@ -242,7 +230,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         if is_save_step:
             _save_checkpoint(accelerator, core, optimizer, cfg, counters, state, envs)
         if counters["nan_streak"] >= cfg.ppo.max_nan_updates:
-            last = ckpt.find_checkpoint(run_dir) if ckpt.list_checkpoints(run_dir) else None
+            last = resolve(run_dir) if list_checkpoints(run_dir) else None
             pbar.close()
             accelerator.end_training()
             raise NonFiniteLossError(
@@ -258,7 +246,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         pbar.set_postfix(shown)
     pbar.close()
     if accelerator.is_main_process and history.records and cfg.logging.plot_every > 0:
-        plot_learning_curve(history.records, run_dir / "plots" / "learning_curve.png",
+        plot_learning_curve(history.records, run_dir / layout.PLOTS / "learning_curve.png",
                             title=f"{cfg.name} ({cfg.credit.mode})")
     accelerator.end_training()
     return TrainResult(run_dir, core, history.records)
@@ -453,7 +441,7 @@ def _select(head_out, mask):
 
 def _plot(head_out, run_dir: Path, update: int, step: int, accelerator: Accelerator, cfg: TrainConfig) -> None:
     _, table, heat = credit_summary(head_out)
-    image = plot_credit(table, heat, run_dir / "plots" / f"credit_{update:06d}.png",
+    image = plot_credit(table, heat, run_dir / layout.PLOTS / f"credit_{update:06d}.png",
                         title=f"{cfg.name}: update {update} ({cfg.credit.mode})")
     if cfg.logging.tensorboard:
         accelerator.get_tracker("tensorboard").log_images({"credit/plot": image}, step=step, dataformats="HWC")
@@ -469,73 +457,55 @@ def _progress(cfg: TrainConfig, accelerator: Accelerator, initial: int):
 # -- checkpoints ------------------------------------------------------------------------------------
 def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: TrainConfig, counters: dict,
                      state: RolloutState, envs) -> None:
-    root = cfg.run_dir / "checkpoints"
+    root = cfg.run_dir / layout.CHECKPOINTS
     name = f"{counters['update']:06d}"
     tmp, final = root / f".tmp-{name}", root / name
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    env_state = envs.get_state()
     rank_state = {
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
-        "env": ckpt.to_torch_tree(envs.get_state()) if hasattr(envs, "get_state") else None,
-        "rollout": ckpt.to_torch_tree(state.state_dict()),
+        "env": to_torch_tree(env_state) if env_state is not None else None,
+        "rollout": to_torch_tree(state.state_dict()),
     }
-    torch.save(rank_state, tmp / f"rank_{accelerator.process_index}.pt")
+    torch.save(rank_state, tmp / layout.rank_state(accelerator.process_index))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        core.save_policy(tmp)
-        for attr, fname in ckpt.MODULE_FILES.items():
-            module = getattr(core, attr)
-            if module is not None:
-                ckpt.save_module(module, tmp / fname)
+        save_agent(core, tmp, cfg)
         torch.save({"optimizer": optimizer.state_dict(), "counters": dict(counters),
-                    "world_size": accelerator.num_processes}, tmp / "trainer_state.pt")
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        ckpt.write_atomic_dir(tmp, final)
-        ckpt.prune(cfg.run_dir, cfg.logging.keep_checkpoints)
+                    "world_size": accelerator.num_processes}, tmp / layout.TRAINER_STATE)
+        write_atomic_dir(tmp, final)
+        prune(cfg.run_dir, cfg.logging.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(path: str, accelerator: Accelerator, core: Agent, optimizer, envs, state: RolloutState) -> dict:
-    where = ckpt.find_checkpoint(path)
-    missing = [f for f in ckpt.required_files(core.policy_files(), core.adv_head is not None,
-                                              accelerator.num_processes)
-               if not (where / f).is_file()]
+def _load_trainer_state(where: Path, accelerator: Accelerator, core: Agent, optimizer, envs,
+                        state: RolloutState) -> dict:
+    """Resume: the optimizer, counters, RNG streams, env and rollout state of checkpoint ``where`` (its
+    policy and heads were loaded when the agent was built from it)."""
+    needed = [layout.TRAINER_STATE, layout.rank_state(accelerator.process_index),
+              *(layout.HEAD_FILES[attr] for attr in core.heads())]
+    missing = [f for f in needed if not (where / f).is_file()]
     if missing:
-        raise ckpt.CheckpointError(
-            f"checkpoint {where} is incomplete: missing {missing}. It was written by a run with another "
-            "number of processes or head setting, or it is damaged; resume from another checkpoint.")
-    core.load_policy(where)
-    for attr, fname in ckpt.MODULE_FILES.items():
-        module = getattr(core, attr)
-        if module is not None:
-            ckpt.load_module(module, where / fname)
-    trainer_state = ckpt.torch_load(where / "trainer_state.pt")
+        raise CheckpointError(
+            f"checkpoint {where} cannot be resumed: missing {missing}. It was written by a run with another "
+            "number of processes or head setting, by SFT (start from it with init_from=), or it is damaged; "
+            "resume from another checkpoint.")
+    trainer_state = torch_load(where / layout.TRAINER_STATE)
     optimizer.load_state_dict(trainer_state["optimizer"])
-    rank_state = ckpt.torch_load(where / f"rank_{accelerator.process_index}.pt")
+    rank_state = torch_load(where / layout.rank_state(accelerator.process_index))
     torch.set_rng_state(rank_state["torch_rng"])
     random.setstate(_as_tuple(rank_state["python_rng"]))
-    if rank_state["env"] is not None and hasattr(envs, "set_state"):
+    if rank_state["env"] is not None:
         envs.set_state(rank_state["env"])
     else:
         warnings.warn("this env cannot save its state: resumed envs start fresh episodes", stacklevel=1)
     restored = RolloutState.from_state_dict(rank_state["rollout"])
     state.obs, state.resetting = restored.obs, np.asarray(restored.resetting).astype(bool)
     return dict(trainer_state["counters"])
-
-
-def _init_from(agent: Agent, path: str) -> None:
-    """Start from another run's weights: the policy (a VLA's adapter was loaded with the model) and any
-    head files present there (an SFT checkpoint has none; those heads start fresh)."""
-    where = Path(path)
-    if not agent.is_vla:
-        agent.load_policy(where)
-    for attr, fname in ckpt.MODULE_FILES.items():
-        module = getattr(agent, attr)
-        if module is not None and (where / fname).is_file():
-            ckpt.load_module(module, where / fname)
 
 
 def _as_tuple(x):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from .agent import Agent
+from ..envs.contract import map_obs, take_obs
+from ..policies.agent import Agent
 
 __all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout"]
 
@@ -28,26 +29,13 @@ class RolloutState:
 
     def state_dict(self) -> dict[str, Any]:
         # strings travel as lists: checkpoints are read back with torch.load(weights_only=True)
-        return {"obs": _map_obs(self.obs, lambda v: v.tolist() if v.dtype.kind in "USO" else v.copy()),
+        return {"obs": map_obs(self.obs, lambda v: v.tolist() if v.dtype.kind in "USO" else v.copy()),
                 "resetting": self.resetting.copy()}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> RolloutState:
-        obs = _map_obs(d["obs"], lambda v: v.copy())
+        obs = map_obs(d["obs"], lambda v: v.copy())
         return cls(obs, np.asarray(d["resetting"]).copy())
-
-
-def _map_obs(obs: Any, fn) -> Any:
-    if isinstance(obs, dict):
-        return {k: fn(np.asarray(v)) for k, v in obs.items()}
-    return fn(np.asarray(obs))
-
-
-def take_obs(obs: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of a batched observation (an array or a dict of arrays)."""
-    if isinstance(obs, dict):
-        return {k: np.asarray(v)[idx] for k, v in obs.items()}
-    return np.asarray(obs)[idx]
 
 
 @dataclass

@@ -25,10 +25,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
+from ..checkpoints import build_vla_policy, layout, resolve, save_agent, write_atomic_dir
 from ..config import ConfigError, TrainConfig, to_yaml
-from ..envs.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
+from ..data.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
 from ..policies.base import EvalOutput, select_batch
-from . import checkpoint as ckpt
+from .accel import make_accelerator
 from .metrics_log import MetricsLog
 
 __all__ = ["SFTResult", "sft"]
@@ -100,17 +101,9 @@ def sft(cfg: TrainConfig) -> SFTResult:
         warnings.warn(f"the demonstrations at {cfg.sft.dataset} were recorded with other env settings than this "
                       f"recipe's ({'; '.join(changed)}): the policy will see other pictures or actions under "
                       "PPO and evaluation than it was cloned on", stacklevel=2)
-    from ..policies.vla_loading import load_vla_policy, preflight
-
-    files = preflight(cfg)  # every model file checked before any weights load
-    accelerator = _make_accelerator(cfg)
+    accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    accelerator.wait_for_everyone()
-
     set_seed(cfg.seed)  # identical LoRA init on every process
     bounds = (stats.q01, stats.q99) if cfg.sft.bounds == "dataset" else None
     if bounds is not None and cfg.env.id == "structured" and not _spans_moves(bounds, cfg):
@@ -118,7 +111,13 @@ def sft(cfg: TrainConfig) -> SFTResult:
                       "reads bins on its own grid [-max_move, max_move]; a policy cloned this way acts on the "
                       "wrong grid under PPO there. Use sft.bounds=model with a tokenizer spanning the env's moves.",
                       stacklevel=2)
-    policy = load_vla_policy(cfg, files, bounds=bounds)
+    start = resolve(cfg.init_from) if cfg.init_from else None
+    policy = build_vla_policy(cfg, start, bounds=bounds)  # preflight first: no weights load on a bad model
+    # the run is known to start: only now is its dir written
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()
     bins = torch.as_tensor(policy.action_tokenizer.encode(actions), dtype=torch.long)  # [N, D]
     inputs = _tokenize(policy, ds)
     actions_t = torch.as_tensor(actions, dtype=torch.float32)
@@ -133,7 +132,7 @@ def sft(cfg: TrainConfig) -> SFTResult:
     generator = torch.Generator().manual_seed(cfg.seed)
     N, B = len(bins), cfg.sft.batch_size
     steps_per_epoch = (N + B - 1) // B
-    log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)  # SFT does not resume
+    log = MetricsLog(run_dir / layout.METRICS, accelerator.is_main_process)  # SFT does not resume
     if cfg.logging.tensorboard:
         accelerator.init_trackers("tb")
     from tqdm.auto import tqdm
@@ -197,17 +196,9 @@ def sft(cfg: TrainConfig) -> SFTResult:
 
 
 # -- pieces ----------------------------------------------------------------------------------------
-def _make_accelerator(cfg: TrainConfig) -> Accelerator:
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    return Accelerator(cpu=cpu, log_with="tensorboard" if cfg.logging.tensorboard else None,
-                       project_dir=str(cfg.run_dir))
-
-
 def _spans_moves(bounds: tuple[list[float], list[float]], cfg: TrainConfig) -> bool:
     """Whether ``bounds`` are the structured env's move range, where bin k of the tokenizer is bin k of the env."""
-    move = cfg.env.max_move if cfg.env.max_move is not None else 1.0
+    move = cfg.env.structured.max_move if cfg.env.structured.max_move is not None else 1.0
     return bool(np.allclose(bounds[0], -move) and np.allclose(bounds[1], move))
 
 
@@ -265,14 +256,13 @@ def _evaluate(policy: Any, inputs: dict[str, torch.Tensor], bins: torch.Tensor, 
 def _save(accelerator: Accelerator, policy: Any, cfg: TrainConfig, step: int) -> Path:
     """``checkpoints/<step>/``: adapter (or model) + processor + action tokenizer + config.yaml, written
     atomically; the PPO trainer's ``init_from`` reads exactly these."""
-    root = cfg.run_dir / "checkpoints"
+    root = cfg.run_dir / layout.CHECKPOINTS
     name = f"{step:06d}"
     tmp, final = root / f".tmp-{name}", root / name
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        policy.save_pretrained(tmp)
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        ckpt.write_atomic_dir(tmp, final)
+        save_agent(policy, tmp, cfg)
+        write_atomic_dir(tmp, final)
     accelerator.wait_for_everyone()
     return final

@@ -1,13 +1,13 @@
 """The trainable bundle: policy + value head + structured advantage head, as ONE module.
 
 Everything the update needs comes out of one ``forward`` so DDP (Accelerate) sees a single forward
-per backward and synchronises every parameter's gradient.
+per backward and synchronises every parameter's gradient. Building the policy of a config is
+:func:`build_policy`; saving and loading an agent is the checkpoint layer's (vla_structppo/checkpoints).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,22 +15,17 @@ from torch import nn
 
 from ..algo.heads import HeadOutput, StructuredAdvantageHead, ValueHead
 from ..config import TrainConfig
-from ..policies.mlp import AutoregressiveMLPPolicy, MLPPolicy
+from .mlp import AutoregressiveMLPPolicy, MLPPolicy
 
-__all__ = ["Agent", "AgentOutput", "build_policy"]
+__all__ = ["Agent", "AgentOutput", "STATE_POLICIES", "build_state_policy"]
 
-POLICIES: dict[str, Any] = {"mlp": MLPPolicy, "ar_mlp": AutoregressiveMLPPolicy, "vla": "policies.vla.VLAPolicy"}
-POLICY_FILE = "policy.safetensors"
+# the policies on state vectors, by ``policy.type`` (a VLA is built from its checkpoint by vla_loading)
+STATE_POLICIES: dict[str, type[nn.Module]] = {"mlp": MLPPolicy, "ar_mlp": AutoregressiveMLPPolicy}
 
 
-def build_policy(cfg: TrainConfig, envs) -> nn.Module:
-    """The configured policy for ``envs`` (a VLA loads its checkpoint; the MLPs read the obs width)."""
-    if cfg.policy.type == "vla":
-        from ..policies.vla_loading import load_vla_policy
-
-        return load_vla_policy(cfg)
-    cls = POLICIES[cfg.policy.type]
-    obs_dim = envs.single_observation_space.shape[0]
+def build_state_policy(cfg: TrainConfig, obs_dim: int) -> nn.Module:
+    """The configured MLP policy for observations of width ``obs_dim``."""
+    cls = STATE_POLICIES[cfg.policy.type]
     return cls(obs_dim, cfg.env.action_dims, cfg.env.num_bins, cfg.policy.hidden_size, cfg.policy.num_layers)
 
 
@@ -54,8 +49,8 @@ class Agent(nn.Module):
         self.value_stop_gradient = value_stop_gradient
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, envs) -> Agent:
-        policy = build_policy(cfg, envs)
+    def from_config(cls, cfg: TrainConfig, policy: nn.Module) -> Agent:
+        """``policy`` with fresh value and (when ``head.enabled``) structured advantage heads."""
         value = ValueHead(policy.feature_dim, cfg.policy.value_hidden_size)
         head = None
         if cfg.head.enabled:
@@ -69,36 +64,14 @@ class Agent(nn.Module):
             )
         return cls(policy, value, head, value_stop_gradient=cfg.policy.value_stop_gradient)
 
-    # -- the policy's part of a checkpoint ---------------------------------------------------------
     @property
     def is_vla(self) -> bool:
-        return hasattr(self.policy, "save_pretrained")
+        """A vision-language policy (its weights are an adapter or a transformers model, not one file)."""
+        return getattr(self.policy, "action_tokenizer", None) is not None
 
-    def policy_files(self) -> list[str]:
-        if self.is_vla:
-            from ..policies.vla_loading import policy_files
-
-            return policy_files(Path("."), lora=hasattr(self.policy.model, "peft_config"))
-        return [POLICY_FILE]
-
-    def save_policy(self, directory: Path) -> None:
-        """Adapter + processor + action tokenizer for a VLA; one safetensors file for the small policies."""
-        if self.is_vla:
-            self.policy.save_pretrained(directory)
-        else:
-            from .checkpoint import save_module
-
-            save_module(self.policy, directory / POLICY_FILE)
-
-    def load_policy(self, directory: Path) -> None:
-        if self.is_vla:
-            from ..policies.vla_loading import load_policy_weights
-
-            load_policy_weights(self.policy, directory)
-        else:
-            from .checkpoint import load_module
-
-            load_module(self.policy, directory / POLICY_FILE)
+    def heads(self) -> dict[str, nn.Module]:
+        """The heads that exist, by attribute name (``value_head``, ``adv_head``)."""
+        return {name: m for name, m in (("value_head", self.value_head), ("adv_head", self.adv_head)) if m is not None}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Policy parameters that train (a VLA: the adapter); the heads have their own groups."""

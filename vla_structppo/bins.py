@@ -1,0 +1,61 @@
+"""The one mapping between bins and continuous actions: K evenly spaced points per dim.
+
+Dim ``i`` of an action is normalised to ``[-1, 1]`` by its bounds ``[low_i, high_i]`` and clipped; its K
+bins are K evenly spaced points spanning the bounds *including both ends*, and a value goes to its
+nearest point. So ``decode(encode(x)) = x`` for every bin value, the ends are reachable, an odd K has an
+exact zero, and the quantisation error is at most ``(high - low) / (2 (K - 1))``.
+
+Every env adapter decodes the bins it is given with this grid over its own action bounds, and the
+action tokenizer maps a VLA's bin tokens through it (docs/architecture.md): one formula, written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["BinGrid"]
+
+
+class BinGrid:
+    """``num_bins`` points per dim spanning ``[low_i, high_i]`` (``low``, ``high``: D floats each)."""
+
+    def __init__(self, low: Sequence[float], high: Sequence[float], num_bins: int) -> None:
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        if self.low.shape != self.high.shape or self.low.ndim != 1:
+            raise ValueError(f"low and high must be two lists of D floats, got shapes {self.low.shape} and "
+                             f"{self.high.shape}")
+        if num_bins < 2:
+            raise ValueError(f"need num_bins >= 2, got {num_bins}")
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)) and np.all(self.high > self.low)):
+            raise ValueError("every dim needs finite bounds with high > low")
+        self.num_bins = int(num_bins)
+
+    @property
+    def action_dims(self) -> int:
+        return len(self.low)
+
+    def normalize(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous ``[..., D]`` -> ``[-1, 1]`` (clipped)."""
+        a = np.asarray(actions, np.float64)
+        return np.clip(2.0 * (a - self.low) / (self.high - self.low) - 1.0, -1.0, 1.0)
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous ``[..., D]`` -> the nearest bins ``int64 [..., D]``; out-of-bounds values clip."""
+        a = np.asarray(actions, np.float64)
+        if a.shape[-1] != self.action_dims:
+            raise ValueError(f"actions have {a.shape[-1]} dims, the grid {self.action_dims}")
+        return np.rint((self.normalize(a) + 1.0) * 0.5 * (self.num_bins - 1)).astype(np.int64)
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """Bins ``[..., D]`` -> continuous ``low + (high - low) k / (K - 1)``; a bin outside 0..K-1 raises."""
+        b = np.asarray(bins, np.int64)
+        if b.size and (b.min() < 0 or b.max() >= self.num_bins):
+            raise ValueError(f"bins must lie in 0..{self.num_bins - 1}, got {int(b.min())}..{int(b.max())}")
+        return self.low + (self.high - self.low) * b / (self.num_bins - 1)
+
+    def values(self) -> np.ndarray:
+        """``[K, D]``: the continuous value of bin k in dim i."""
+        return self.decode(np.repeat(np.arange(self.num_bins)[:, None], self.action_dims, axis=1))
