@@ -81,3 +81,30 @@ def test_state_round_trip_is_exact():
 def test_bad_spec(bad):
     with pytest.raises(ValueError):
         StructuredTaskSpec(action_dims=3, **{**dict(num_bins=5), **bad})
+
+
+@pytest.mark.parametrize("overrides", [[], ["env.observation=image", "policy.type=vla", "model.name_or_path=x"],
+                                       ["env.structured.autoreset_mode=next_step", "env.structured.horizon=2"]])
+def test_the_structured_task_follows_the_env_contract(overrides):
+    from vla_structppo.envs import check_env
+
+    env = make_env(load_config(None, overrides).env, 3, seed=0)
+    check_env(env, steps=4)
+    assert env.task_labels == ["structured"] * 3 and env.has_expert
+
+
+def test_bins_decode_on_one_grid():
+    """The env's moves, the action tokenizer and every simulator decode bins with vla_structppo.bins.BinGrid."""
+    from vla_structppo.bins import BinGrid
+    from vla_structppo.policies.action_tokenizer import ActionTokenizer
+
+    grid = BinGrid([-1.0, 0.0], [1.0, 4.0], 5)
+    assert grid.values().tolist() == [[-1.0, 0.0], [-0.5, 1.0], [0.0, 2.0], [0.5, 3.0], [1.0, 4.0]]
+    assert grid.encode(grid.values()).tolist() == [[k, k] for k in range(5)]
+    tok = ActionTokenizer.last_k(100, 2, 5, [-1.0, 0.0], [1.0, 4.0])
+    assert np.array_equal(tok.decode(np.array([[1, 3]])), grid.decode(np.array([[1, 3]])))
+    env = make_env(load_config(None, ["env.num_bins=5", "env.structured.max_move=0.5"]).env, 1, seed=0)
+    assert np.array_equal(env.moves(np.arange(5)[:, None].repeat(7, 1)),
+                          BinGrid([-0.5] * 7, [0.5] * 7, 5).values())
+    with pytest.raises(ValueError, match="bins must lie in 0..4"):
+        grid.decode(np.array([[0, 5]]))

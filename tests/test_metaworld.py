@@ -58,6 +58,35 @@ def test_reset_step_render_follow_the_contract():
         env.close()
 
 
+def test_metaworld_follows_the_env_contract():
+    from vla_structppo.envs import check_env
+
+    for kw in (dict(observation="image", state_obs=True), dict(observation="state", task="MT10")):
+        env = make(2, max_episode_steps=2, **kw)
+        try:
+            check_env(env, steps=3)
+        finally:
+            env.close()
+
+
+def test_eval_uses_the_camera_asked_for_even_the_default(tmp_path):
+    """A checkpoint trained with camera corner3, evaluated with env.metaworld.camera=corner2 (the default)
+    on the command line, is filmed from corner2 (the evaluation used to keep corner3 silently)."""
+    import json
+
+    from vla_structppo.cli import main
+
+    common = [f"output_dir={tmp_path}", "env.id=metaworld", "env.task=reach-v3", "env.action_dims=4",
+              "env.num_bins=11", "env.max_episode_steps=2", "logging.progress_bar=false",
+              "logging.tensorboard=false", "logging.plot_every=0"]
+    main(["train", *common, "name=c3", "env.metaworld.camera=corner3", "env.num_envs=2", "ppo.num_steps=2",
+          "ppo.total_timesteps=4", "ppo.num_minibatches=2"])
+    run = tmp_path / "c3"
+    main(["eval", *common, f"eval.checkpoint={run}", "eval.num_episodes=1", "eval.num_envs=1",
+          "env.metaworld.camera=corner2"])
+    assert json.loads((run / "eval" / "results.json").read_text())["env"]["metaworld"]["camera"] == "corner2"
+
+
 def test_state_observation_is_the_39d_vector():
     env = make(2, observation="state")
     try:

@@ -80,7 +80,15 @@ def test_libero_spatial_smoke() -> None:
         # tasks cycle over the envs: two different tasks of the suite, each with its own instruction
         assert obs["instruction"][0] != obs["instruction"][1]
         _run_to_truncation(env, 3, np.random.default_rng(0))
-        assert not hasattr(env, "expert_bins")  # no scripted expert: demos and eval say so cleanly
+        assert not env.has_expert  # no scripted expert: demos and eval say so cleanly
+        # each env is labelled with its task: an evaluation reports one row per task of the suite
+        from vla_structppo.envs.libero import libero_suite_tasks
+
+        names = [name for name, _ in libero_suite_tasks("libero_spatial")]
+        assert env.task_labels == names[:N]
+        from vla_structppo.envs import check_env
+
+        check_env(env)
         actions = np.random.default_rng(1).integers(0, K, (2, N, 7))
         a, b = _rollout_images(env, 3, actions), _rollout_images(env, 3, actions)
         # same init state + actions: equal up to a few pixels. Not bit-exact: some simulator / controller
@@ -105,6 +113,9 @@ def test_maniskill_pickcube_smoke() -> None:
         assert not np.array_equal(obs["image"][0], obs["image"][1])
         _run_to_truncation(env, 3, np.random.default_rng(0))
         assert env.expert_bins().shape == (N, 7)
+        from vla_structppo.envs import check_env
+
+        check_env(env)
         actions = np.random.default_rng(1).integers(0, K, (3, N, 7))
         a, b = _rollout_images(env, 5, actions), _rollout_images(env, 5, actions)
         np.testing.assert_array_equal(a[:3], b[:3])  # seeded reset + steps: bit-exact

@@ -24,6 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import UserError
 
 __all__ = [
+    "ENV_IDS",
+    "MOVED_ENV_KEYS",
     "ConfigError",
     "CreditConfig",
     "DemosConfig",

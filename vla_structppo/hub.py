@@ -14,6 +14,7 @@ and ``vla-structppo train`` without ``hf://`` should not pay for the import.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Any
 from .checkpoints import layout
 from .checkpoints.locate import REPO_PART, HubError, base_model_of, read_config, validate_repo_id
 from .checkpoints.store import CheckpointError
+from .config import to_yaml
 
 __all__ = ["PUSH_USAGE", "HubError", "model_card", "parse_push_args", "push_run", "stage_run"]
 
@@ -229,7 +231,7 @@ def _stage(run_dir: Path, repo_id: str, out: Path, checkpoint: str | None) -> tu
         files[f"{layout.PLOTS}/{png.name}"] = png
     try:
         cfg = read_config(ckpt)
-        base, _ = base_model_of(ckpt, cfg)
+        base, revision = base_model_of(ckpt, cfg)
     except CheckpointError as err:
         raise HubError(str(err)) from None
     recorded = run_dir / layout.COMMAND
@@ -238,6 +240,12 @@ def _stage(run_dir: Path, repo_id: str, out: Path, checkpoint: str | None) -> tu
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(src, dst, atomic=src.parent == ckpt)
+    if base and not cfg.model.name_or_path:
+        # the run found its base model through init_from, a path on this machine: the pushed config names the
+        # base itself, so hf://repo loads anywhere (a copy replaces the link; the run dir is untouched)
+        (out / layout.CONFIG).unlink()
+        model = dataclasses.replace(cfg.model, name_or_path=base, revision=revision)
+        (out / layout.CONFIG).write_text(to_yaml(dataclasses.replace(cfg, model=model)))
     card = model_card(cfg, repo_id, results, [*files, layout.README], command, base_model=base)
     (out / layout.README).write_text(card)
     return sorted([*files, layout.README]), ckpt

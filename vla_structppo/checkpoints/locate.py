@@ -27,7 +27,7 @@ from .layout import (
 )
 from .store import CheckpointError, list_checkpoints
 
-__all__ = ["HF_SCHEME", "HubError", "base_model_of", "download", "parse_hf_uri", "read_config", "resolve",
+__all__ = ["HF_SCHEME", "REPO_PART", "HubError", "base_model_of", "download", "parse_hf_uri", "read_config", "resolve",
            "run_dir_of", "validate_repo_id"]
 
 HF_SCHEME = "hf://"

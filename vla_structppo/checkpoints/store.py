@@ -16,8 +16,8 @@ import torch
 from ..errors import UserError
 from .layout import CHECKPOINTS, LAST
 
-__all__ = ["CheckpointError", "list_checkpoints", "load_module", "prune", "save_module", "to_torch_tree",
-           "torch_load", "write_atomic_dir"]
+__all__ = ["CheckpointError", "list_checkpoints", "load_module", "prune", "save_module", "staging_dirs", "start_dir",
+           "to_torch_tree", "torch_load", "write_atomic_dir"]
 
 
 class CheckpointError(UserError, FileNotFoundError):
@@ -59,6 +59,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and not p.is_symlink()),
                   key=lambda p: int(p.name))
+
+
+def staging_dirs(run_dir: Path, step: int) -> tuple[Path, Path]:
+    """``(temporary, final)`` dirs of the checkpoint of ``step``: written into the first, renamed to the second."""
+    root = Path(run_dir) / CHECKPOINTS
+    return root / f".tmp-{step:06d}", root / f"{step:06d}"
+
+
+def start_dir(tmp: Path) -> None:
+    """An empty temporary dir (what a crashed earlier write left there is discarded)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
 
 
 def write_atomic_dir(tmp: Path, final: Path) -> None:

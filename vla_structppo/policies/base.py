@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 
@@ -33,7 +33,6 @@ class EvalOutput:
     bin_probs: torch.Tensor
 
 
-@runtime_checkable
 class Policy(Protocol):
     """What acts. ``autoregressive`` says whether ``pi_i`` sees earlier dims' actions (ALGORITHM.md §1)."""
 

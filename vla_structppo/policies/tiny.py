@@ -412,6 +412,7 @@ __all__ = [
     "default_vocab_size",
     "ordinal_rows",
     "save_tiny_vla",
+    "write_action_tokenizer",
 ]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from ..checkpoints import (
     torch_load,
     write_atomic_dir,
 )
-from ..checkpoints.store import CheckpointError, prune, to_torch_tree
+from ..checkpoints.store import CheckpointError, prune, staging_dirs, start_dir, to_torch_tree
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import credit_summary, explained_variance, plot_credit, plot_learning_curve
 from ..envs import make_env
@@ -457,12 +456,9 @@ def _progress(cfg: TrainConfig, accelerator: Accelerator, initial: int):
 # -- checkpoints ------------------------------------------------------------------------------------
 def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: TrainConfig, counters: dict,
                      state: RolloutState, envs) -> None:
-    root = cfg.run_dir / layout.CHECKPOINTS
-    name = f"{counters['update']:06d}"
-    tmp, final = root / f".tmp-{name}", root / name
+    tmp, final = staging_dirs(cfg.run_dir, counters["update"])
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        start_dir(tmp)
     accelerator.wait_for_everyone()
     env_state = envs.get_state()
     rank_state = {

@@ -12,7 +12,6 @@ the ``argmax`` this loss pushes up.
 
 from __future__ import annotations
 
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from ..checkpoints import build_vla_policy, layout, resolve, save_agent, write_atomic_dir
+from ..checkpoints.store import staging_dirs, start_dir
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..data.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
 from ..policies.base import EvalOutput, select_batch
@@ -256,12 +256,9 @@ def _evaluate(policy: Any, inputs: dict[str, torch.Tensor], bins: torch.Tensor, 
 def _save(accelerator: Accelerator, policy: Any, cfg: TrainConfig, step: int) -> Path:
     """``checkpoints/<step>/``: adapter (or model) + processor + action tokenizer + config.yaml, written
     atomically; the PPO trainer's ``init_from`` reads exactly these."""
-    root = cfg.run_dir / layout.CHECKPOINTS
-    name = f"{step:06d}"
-    tmp, final = root / f".tmp-{name}", root / name
+    tmp, final = staging_dirs(cfg.run_dir, step)
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        start_dir(tmp)
         save_agent(policy, tmp, cfg)
         write_atomic_dir(tmp, final)
     accelerator.wait_for_everyone()
