@@ -4,6 +4,8 @@
 
 Each run is a fresh ``vla-structppo sft RECIPE`` process (same seed, same demonstrations, same tiny model)
 with ``--threads`` intra-op threads; ``--load N`` keeps N busy processes beside it (a shared machine).
+``--as-pipeline`` runs what ``vla-structppo pipeline`` does before its SFT stage in the same process
+instead: record the demonstrations afresh (async simulator workers) into a new dir, then clone them.
 Prints one row per run — the sha256 of ``adapter_model.safetensors`` and the wall time — and how many
 distinct adapters came out. The demonstrations and the tiny model the recipe names are made first if
 missing (``vla-structppo pipeline`` would make them the same way).
@@ -19,6 +21,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# the pipeline up to its SFT stage, in one process: fresh demos (async workers), then behaviour cloning
+_PIPELINE_HEAD = """
+import sys
+from vla_structppo.config import load_config
+from vla_structppo.data.demos import save_demos
+from vla_structppo.data.record import record_demos
+from vla_structppo.train.sft import sft
+if __name__ == "__main__":
+    cfg = load_config(sys.argv[1], sys.argv[2:])
+    save_demos(record_demos(cfg, progress=False), cfg.sft.dataset, cfg)
+    sft(cfg)
+"""
 
 
 def _busy(stop) -> None:
@@ -48,6 +63,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0, help="busy processes running beside each SFT run")
     parser.add_argument("--out", default="runs/sft-determinism", help="output_dir of the runs")
     parser.add_argument("--env", action="append", default=[], help="extra VAR=value for the SFT processes")
+    parser.add_argument("--as-pipeline", action="store_true",
+                        help="record fresh demos in the same process before SFT, as the pipeline does")
     args = parser.parse_args()
     _prepare(args.recipe)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **dict(e.split("=", 1) for e in args.env)}
@@ -60,9 +77,14 @@ def main() -> None:
         for i in range(args.runs):
             name = f"run{i}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "vla_structppo", "sft", args.recipe, f"output_dir={args.out}",
-                            f"name={name}", "logging.progress_bar=false", "logging.tensorboard=false"],
-                           env=env, check=True, capture_output=True, text=True)
+            overrides = [f"output_dir={args.out}", f"name={name}", "logging.progress_bar=false",
+                         "logging.tensorboard=false"]
+            if args.as_pipeline:
+                overrides.append(f"sft.dataset={args.out}/demos-{name}")
+                command = [sys.executable, "-c", _PIPELINE_HEAD, args.recipe, *overrides]
+            else:
+                command = [sys.executable, "-m", "vla_structppo", "sft", args.recipe, *overrides]
+            subprocess.run(command, env=env, check=True, capture_output=True, text=True)
             adapter = Path(args.out) / name / "checkpoints" / "last" / "adapter_model.safetensors"
             rows.append((name, hashlib.sha256(adapter.read_bytes()).hexdigest()[:16], time.perf_counter() - t0))
             print(f"| {rows[-1][0]} | {rows[-1][1]} | {rows[-1][2]:.0f} s |", flush=True)

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"checkpoints", "data"},
     {"policies", "envs", "diagnostics"},
     {"algo"},
-    {"config", "bins"},
+    {"config", "bins", "files"},
     {"errors", "__init__"},
 ]
 LAYER_OF = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}

@@ -245,10 +245,16 @@ def test_token_is_never_written(run, monkeypatch, tmp_path, caplog, capfd):
     shutil.copytree(run["run"], copy, symlinks=True)
     (copy / "eval" / "results.md").write_text(f"ran with HF_TOKEN={secret}\n")
     hub.calls.clear()
-    with pytest.raises(HubError, match="contain your Hub token") as exc:
+    with pytest.raises(HubError, match=r"your Hub token is in .*results.md") as exc:
         push_run(copy, REPO)
     assert secret not in str(exc.value) and [c[0] for c in hub.calls] == []
     assert not list(tmp_path.glob(".vla-structppo-push-*"))  # the staging dir went away with the error
+    # a token pasted into the command the run was started with: the card's reproduce line would carry it;
+    # the refusal names command.txt, the file to fix (it used to blame the generated README.md)
+    (copy / "eval" / "results.md").write_text("clean\n")
+    (copy / "command.txt").write_text(f"HF_TOKEN={secret} vla-structppo train recipe.yaml\n")
+    with pytest.raises(HubError, match=r"your Hub token is in \[.*leaky/command.txt'\]; remove it from that file"):
+        push_run(copy, REPO)
 
     from vla_structppo.hub import _contains
 

@@ -49,3 +49,14 @@ def test_pipeline_refuses_demos_recorded_with_other_settings(tmp_path):
     with pytest.raises(DemoDatasetError, match=r"env.structured.num_goals: 4 -> 5.*delete that dir"):
         run_pipeline(other)
     assert not other.run_dir.joinpath("sft").exists()  # refused before any training
+
+
+def test_pipeline_refuses_a_name_in_use(tmp_path):
+    from vla_structppo.checkpoints.rundir import RunDirError
+
+    cfg = _cfg(tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text("an earlier run\n")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run_pipeline(cfg)
+    assert (cfg.run_dir / "config.yaml").read_text() == "an earlier run\n"

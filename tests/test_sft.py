@@ -153,7 +153,7 @@ def test_dataset_bounds_go_into_the_action_tokenizer(work, tmp_path):
     save_demos(structured_demos(cfg.env, 16, seed=0), tmp_path / "narrow")
     _, stats = load_demos(tmp_path / "narrow")
     overrides = _overrides(work, f"sft.dataset={tmp_path / 'narrow'}", "sft.num_epochs=1", "sft.batch_size=16",
-                           "sft.bounds=dataset", f"output_dir={tmp_path}", "name=narrow")
+                           "sft.bounds=dataset", f"output_dir={tmp_path}", "name=narrow-sft")
     with pytest.warns(UserWarning, match="own grid"):  # the structured env reads bins on [-1, 1]
         result = sft(load_config(None, overrides))
     assert result.policy.action_tokenizer.low == pytest.approx(stats.q01)

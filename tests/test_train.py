@@ -96,7 +96,7 @@ def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrid
         return (loss * float("nan") if calls["n"] > 32 else loss), m
 
     monkeypatch.setattr(ppo, "ppo_policy_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteLossError, match="Last good checkpoint"):
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteLossError, match="the last good checkpoint is"):
         train(cfg)
     run = cfg.run_dir
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["000001", "000002"]

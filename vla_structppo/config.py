@@ -502,6 +502,9 @@ class TrainConfig:
     """A run dir (its newest checkpoint) or a checkpoint dir to continue exactly from."""
     init_from: Optional[str] = None  # noqa: UP045
     """Start weights (adapter, and heads when present) from this checkpoint, e.g. an SFT run's."""
+    overwrite: bool = False
+    """Replace an existing run of the same name (deleted once the new run has loaded its model and starts);
+    without it a name in use is refused, and ``resume=`` is the way to continue a run."""
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -562,6 +565,15 @@ class TrainConfig:
                   ("ppo.max_nan_updates", p.max_nan_updates, 1), ("sft.num_epochs", self.sft.num_epochs, 1),
                   ("sft.batch_size", self.sft.batch_size, 1), ("sft.max_samples", self.sft.max_samples, 0),
                   ("ppo.critic_warmup_updates", p.critic_warmup_updates, 0)])
+        at_least([("logging.log_every", self.logging.log_every, 1), ("logging.plot_every", self.logging.plot_every, 0),
+                  ("logging.checkpoint_every", self.logging.checkpoint_every, 0),
+                  ("logging.keep_checkpoints", self.logging.keep_checkpoints, 0),
+                  ("policy.num_layers", self.policy.num_layers, 1),
+                  ("policy.value_hidden_size", self.policy.value_hidden_size, 1),
+                  ("head.hidden_size", self.head.hidden_size, 1), ("head.bin_embed_dim", self.head.bin_embed_dim, 1),
+                  ("head.fit_epochs", self.head.fit_epochs, 0), ("seed", self.seed, 0)])
+        problems.extend(_non_finite(self))
+        problems.extend(_bad_name(self.name))
         if self.eval.temperature <= 0:
             problems.append("eval.temperature must be > 0")
         if self.policy.type == "vla":
@@ -611,6 +623,26 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
         return self
+
+
+def _non_finite(cfg: Any, prefix: str = "") -> list[str]:
+    """Every float field must be a finite number (nan / inf pass a ``<= 0`` check and fail much later)."""
+    out = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out += _non_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{prefix}{f.name} must be a finite number, got {value}")
+    return out
+
+
+def _bad_name(name: str) -> list[str]:
+    """A run name is one directory under ``output_dir``: no separators, no ``..``."""
+    if not name or name.strip() != name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        return [f"name={name!r} must be a plain directory name (letters, digits, - _ .; no '/', not starting with "
+                "'.'): the run dir is output_dir/name"]
+    return []
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -685,6 +717,9 @@ def load_config(recipe: str | os.PathLike | None = None, overrides: list[str] | 
             raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
         if not isinstance(data, DictConfig):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys, got {type(data).__name__}")
+        if not data:  # an empty file would train for minutes on nothing but defaults
+            raise ConfigError(f"{path}: the recipe sets nothing; write the run's settings into it (see "
+                              "recipes/structured/quickstart.yaml) or give no recipe and key=value overrides")
         _check_keys(data, TrainConfig, "", str(path))
         merged = _merge(merged, data, str(path))
     merged = _merge_overrides(merged, overrides or [], "")
@@ -699,8 +734,14 @@ def _merge_overrides(merged: DictConfig, overrides: list[str] | tuple[str, ...],
     """``key.sub=value`` items merged strictly: unknown keys name the nearest valid one."""
     prefix = f"{source} " if source else ""
     for item in overrides:
+        if item.endswith((".yaml", ".yml")) and "=" not in item:
+            raise ConfigError(f"{item!r} looks like a recipe after the overrides: the recipe comes first "
+                              f"(vla-structppo VERB {item} key.sub=value ...)")
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
+        if item.endswith("=") and item.count("=") == 1:
+            raise ConfigError(f"override {item!r} gives no value: write {item}VALUE")
         key, _ = item.split("=", 1)
         try:
             dot = OmegaConf.from_dotlist([item])

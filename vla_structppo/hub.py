@@ -268,13 +268,22 @@ def _contains(path: Path, needle: bytes, chunk: int = 1 << 22) -> bool:
     return False
 
 
-def _refuse_token_in(staged: Path, paths: list[str], token: str | None) -> None:
-    """Defence in depth: a file that contains the token (a pasted command line, a config field) is not sent."""
+def _refuse_token_in(staged: Path, paths: list[str], token: str | None, run_dir: Path) -> None:
+    """Defence in depth: a file that contains the token (a pasted command line, a config field) is not sent.
+    The card is generated: when it holds the token, the run file it came from is named."""
     if not token or len(token) < MIN_TOKEN_SCAN:  # a real token is ~37 chars; a 1-char test value is everywhere
         return
-    leaks = [p for p in paths if _contains(staged / p, token.encode())]
-    if leaks:
-        raise HubError(f"refusing to upload: {leaks} contain your Hub token; remove it from those files in the run dir")
+    needle = token.encode()
+    leaks = [p for p in paths if _contains(staged / p, needle)]
+    if not leaks:
+        return
+    sources = {layout.README: [run_dir / layout.COMMAND, run_dir / layout.EVAL / layout.RESULTS_JSON]}
+    named = []
+    for p in leaks:
+        origin = [str(f) for f in sources.get(p, []) if f.is_file() and _contains(f, needle)]
+        named += origin or [str(run_dir / p) if (run_dir / p).exists() else p]
+    raise HubError(f"refusing to upload: your Hub token is in {sorted(set(named))}; remove it from "
+                   f"{'that file' if len(set(named)) == 1 else 'those files'} and push again")
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -298,7 +307,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
         if not resolved:
             raise HubError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a write token), "
                            f"then rerun the push; {run_dir} is unchanged")
-        _refuse_token_in(staged, paths, resolved)
+        _refuse_token_in(staged, paths, resolved, run_dir)
         api = HfApi(token=resolved)
         ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(staged / p)) for p in paths]
         message = commit_message or f"Upload {run_dir.name} (checkpoint {ckpt.name}) with vla-structppo"

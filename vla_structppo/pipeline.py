@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import layout, resolve
+from .checkpoints.rundir import RunLock, claim_run_dir, run_in_dir
 from .config import TrainConfig, to_yaml
 
 __all__ = ["run_pipeline"]
 
 
 def _stage(cfg: TrainConfig, name: str, **changes: Any) -> TrainConfig:
-    """A copy of ``cfg`` whose run dir is ``<run_dir>/<name>``."""
-    return dataclasses.replace(cfg, output_dir=str(cfg.run_dir), name=name, **changes)
+    """A copy of ``cfg`` whose run dir is ``<run_dir>/<name>`` (new: the pipeline's dir was just claimed)."""
+    return dataclasses.replace(cfg, output_dir=str(cfg.run_dir), name=name, overwrite=False, **changes)
 
 
 def ensure_model(cfg: TrainConfig) -> None:
@@ -45,6 +46,19 @@ def _log(msg: str, t0: float) -> None:
 
 
 def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
+    """Demos -> SFT -> PPO -> eval before / after, in ``cfg.run_dir`` (claimed like any run dir: a name in use
+    is refused unless ``overwrite=true``; the stages are its ``sft/`` and ``ppo/``)."""
+    lock = claim_run_dir(cfg)
+    started = False
+    try:
+        results = _pipeline(cfg, lock)
+        started = True
+        return results
+    finally:
+        lock.release(keep_empty=started)
+
+
+def _pipeline(cfg: TrainConfig, lock: RunLock) -> dict[str, Any]:
     from .data.demos import DemoDatasetError, load_demos, recording_mismatches, save_demos
     from .data.record import record_demos
     from .eval import run_eval
@@ -53,9 +67,9 @@ def run_pipeline(cfg: TrainConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
     ensure_model(cfg)
+    run_in_dir(cfg, lock)  # it starts: an old run of this name goes now (overwrite=true), not earlier
+    (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
 
     # 1. demonstrations (kept across runs: they depend only on the env and demo seeds)
     dataset = Path(cfg.sft.dataset)

@@ -16,11 +16,12 @@ from .locate import (
     resolve,
     run_dir_of,
     validate_repo_id,
+    verify,
 )
 from .store import CheckpointError, list_checkpoints, load_module, save_module, torch_load, write_atomic_dir
 
 __all__ = [
     "HF_SCHEME", "CheckpointError", "HubError", "base_model_of", "build_agent", "build_vla_policy", "download",
     "layout", "list_checkpoints", "load_agent", "load_module", "parse_hf_uri", "preflight_vla", "read_config", "resolve",
-    "run_dir_of", "save_agent", "save_module", "torch_load", "validate_repo_id", "write_atomic_dir",
+    "run_dir_of", "save_agent", "save_module", "torch_load", "validate_repo_id", "verify", "write_atomic_dir",
 ]

@@ -22,7 +22,7 @@ from ..config import TrainConfig, apply_overrides, to_yaml
 from ..policies.agent import Agent, build_state_policy
 from ..policies.mlp import FIRST_LAYER
 from .layout import ACTION_TOKENIZER, CONFIG, HEAD_FILES, POLICY_WEIGHTS, PROCESSOR, README, checkpoint_kind
-from .locate import base_model_of, read_config, resolve
+from .locate import base_model_of, read_config, resolve, verify
 from .store import CheckpointError, load_module, save_module
 
 __all__ = ["build_agent", "build_vla_policy", "load_agent", "preflight_vla", "save_agent", "vla_sources"]
@@ -42,6 +42,7 @@ def vla_sources(cfg: TrainConfig, start_from: Path | None):
         local = Path(m.name_or_path)
         tokenizer = local if (local / ACTION_TOKENIZER).is_file() else None
         return VLASources(m.name_or_path, m.name_or_path, action_tokenizer=tokenizer, revision=m.revision)
+    verify(start_from)
     kind = checkpoint_kind(start_from)
     if kind not in ("adapter", "full"):
         raise CheckpointError(f"{start_from} is not a VLA checkpoint (it holds {kind or 'no'} policy weights); "
@@ -96,6 +97,7 @@ def build_agent(cfg: TrainConfig, *, obs_dim: int | None = None, start_from: Pat
         policy = build_vla_policy(cfg, start_from)
     else:
         if start_from is not None:
+            verify(start_from)
             if checkpoint_kind(start_from) != "state":
                 raise CheckpointError(f"{start_from} holds no {POLICY_WEIGHTS}: it is not a checkpoint of a "
                                       f"policy.type={cfg.policy.type} policy")

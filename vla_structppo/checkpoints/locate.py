@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, config_from_yaml_text
 from ..errors import UserError
+from ..files import CorruptFileError, check_json, check_safetensors, check_torch_file, hub_reachable
 from .layout import (
     ADAPTER_FILES,
     CHECKPOINTS,
@@ -28,7 +29,7 @@ from .layout import (
 from .store import CheckpointError, list_checkpoints
 
 __all__ = ["HF_SCHEME", "REPO_PART", "HubError", "base_model_of", "download", "parse_hf_uri", "read_config", "resolve",
-           "run_dir_of", "validate_repo_id"]
+           "run_dir_of", "validate_repo_id", "verify"]
 
 HF_SCHEME = "hf://"
 # org/name, each part as the Hub allows (letters, digits, - _ .; no leading/trailing - or ., no '--' or '..')
@@ -67,6 +68,13 @@ def download(uri: str, cache_dir: str | Path | None = None) -> Path:
     repo_id, revision = parse_hf_uri(uri)
     from huggingface_hub import constants, get_token, snapshot_download
 
+    if not hub_reachable():  # not a cached snapshot either? then fail now, not after retries
+        try:
+            return _checked(Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                                   repo_type="model", local_files_only=True)), uri)
+        except Exception:
+            raise HubError(f"cannot download {uri}: it is not in the local cache and {constants.ENDPOINT} cannot be "
+                           "reached (network, proxy, HF_ENDPOINT, HF_HUB_OFFLINE)") from None
     try:
         path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, repo_type="model"))
     except Exception as err:  # not found / gated / offline / unreachable: say which and what to do
@@ -83,6 +91,10 @@ def download(uri: str, cache_dir: str | Path | None = None) -> Path:
         detail = str(err).splitlines()[0] if str(err) else ""
         raise HubError(f"cannot download {uri}: {hint} ({name}: {detail.replace(token, '***') if token else detail})"
                        ) from None
+    return _checked(path, uri)
+
+
+def _checked(path: Path, uri: str) -> Path:
     if checkpoint_kind(path) is None:
         raise HubError(f"{uri} is not a vla-structppo checkpoint (it lacks config.yaml and policy weights); push "
                        "one with vla-structppo push")
@@ -165,3 +177,33 @@ def base_model_of(checkpoint: Path, cfg: TrainConfig | None = None) -> tuple[str
                                   "is gone; set model.name_or_path to the base VLA") from None
         cfg, where = read_config(parent), str(parent)
     return cfg.model.name_or_path, cfg.model.revision
+
+
+def _problems(checkpoint: Path, resume: bool) -> list[str]:
+    problems = []
+    for f in sorted(checkpoint.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                check_safetensors(f)
+            elif f.suffix == ".json":
+                check_json(f)
+            elif resume and f.suffix == ".pt":
+                check_torch_file(f)
+        except CorruptFileError as err:
+            problems.append(str(err))
+    return problems
+
+
+def verify(checkpoint: Path, *, resume: bool = False) -> None:
+    """Every weight, JSON (and with ``resume``, ``torch.save``) file of a checkpoint is whole (headers and
+    sizes read, nothing loaded); otherwise the error names the file and the newest intact earlier
+    checkpoint of the same run to use instead."""
+    problems = _problems(checkpoint, resume)
+    if not problems:
+        return
+    run = run_dir_of(checkpoint)
+    earlier = [c for c in list_checkpoints(run) if c.name.isdigit() and int(c.name) < int(checkpoint.name)
+               and checkpoint_kind(c) is not None and not _problems(c, resume)] if run and checkpoint.name.isdigit() else []
+    use = (f"the newest intact earlier checkpoint is {earlier[-1]} ({'resume' if resume else 'init_from'}="
+           f"{earlier[-1]})" if earlier else "there is no intact earlier checkpoint of this run")
+    raise CheckpointError(f"checkpoint {checkpoint} is damaged: {'; '.join(problems)}. {use}")

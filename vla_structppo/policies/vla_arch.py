@@ -11,13 +11,11 @@ before anything heavy loads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["ARCHS", "ArchSpec", "UnsupportedArchitectureError", "VLACheckpointError", "arch_for", "read_model_config"]
+__all__ = ["ARCHS", "ArchSpec", "UnsupportedArchitectureError", "VLACheckpointError", "arch_for"]
 
 
 class UnsupportedArchitectureError(UserError, ValueError):
@@ -61,15 +59,6 @@ ARCHS: dict[str, ArchSpec] = {
     "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                       image_text="<image>"),
 }
-
-
-def read_model_config(path: str | Path) -> dict:
-    """``config.json`` of a local checkpoint dir (light: no torch)."""
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        raise VLACheckpointError(f"{p} not found: model.name_or_path must be a checkpoint dir with config.json "
-                                "(e.g. one written by scripts/make_tiny_vla.py) or a Hub id")
-    return json.loads(p.read_text())
 
 
 def arch_for(model_config: dict, *, trust_remote_code: bool = False) -> ArchSpec:

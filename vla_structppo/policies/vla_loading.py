@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..files import CorruptFileError, check_json, check_safetensors, hub_reachable
 from . import processors  # noqa: F401 - registers the image-only Qwen2.5-VL processor where torchvision is missing
 from .action_tokenizer import ActionTokenizer, ActionTokenizerError
-from .vla_arch import ArchSpec, VLACheckpointError, arch_for, read_model_config
+from .vla_arch import ArchSpec, VLACheckpointError, arch_for
 
-__all__ = ["VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "load_adapter_weights",
-           "load_vla_policy", "preflight"]
+__all__ = ["VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "check_model_weights", "load_vla_policy",
+           "preflight", "read_model_config"]
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,75 @@ def _vocab_size(model_config: dict) -> int | None:
     return text.get("vocab_size") or model_config.get("vocab_size")
 
 
+def _looks_local(name: str) -> bool:
+    """A path the user meant as a directory: absolute / relative / home, nested, or under a local dir."""
+    first = Path(name).parts[0] if Path(name).parts else ""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (name.count("/") == 1 and Path(first).is_dir())
+
+
+def read_model_config(path: str | Path) -> dict:
+    """``config.json`` of a local model dir (light: no torch), or an error naming the file."""
+    d = Path(path)
+    try:
+        model_config = check_json(d / "config.json")
+    except CorruptFileError as err:
+        raise VLACheckpointError(f"{err}: model.name_or_path must be a model dir with a valid config.json "
+                                 "(e.g. one written by scripts/make_tiny_vla.py) or a Hub id") from None
+    if not isinstance(model_config, dict):
+        raise VLACheckpointError(f"{d / 'config.json'} is not a model config (a JSON object)")
+    return model_config
+
+
+def check_model_weights(path: str | Path) -> None:
+    """The weights of a local model dir, checked without loading them: a single safetensors file or a
+    sharded set (every shard of the index present and whole)."""
+    d = Path(path)
+    index = d / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards = sorted(set((check_json(index).get("weight_map") or {}).values()))
+            missing = [f for f in shards if not (d / f).is_file()]
+            if missing or not shards:
+                raise VLACheckpointError(f"{index} lists shards that are not in {d}: {missing or 'none listed'}; "
+                                         "download the model again (all shards)")
+            for shard in shards:
+                check_safetensors(d / shard)
+        elif (d / "model.safetensors").exists():
+            check_safetensors(d / "model.safetensors")
+        elif not any((d / f).is_file() for f in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+            raise VLACheckpointError(f"{d} has a config.json but no weights (model.safetensors, or shards with "
+                                     "model.safetensors.index.json); download or save the model again")
+    except CorruptFileError as err:
+        raise VLACheckpointError(f"{err} (the weights of model.name_or_path={str(d)!r})") from None
+
+
+def _hub_config(name: str, m: ModelConfig, revision: str | None) -> dict:
+    """``config.json`` of a Hub model id: from the local cache, else from the Hub when it can be reached."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=m.trust_remote_code,
+                                          local_files_only=not hub_reachable()).to_dict()
+    except OSError as err:
+        where = "the Hub" if hub_reachable() else "the local Hugging Face cache (the Hub cannot be reached)"
+        raise VLACheckpointError(
+            f"model.name_or_path={name!r} is not a local directory, and {where} has no such model "
+            f"({str(err).splitlines()[0][:160]}). Give the dir of a downloaded model (huggingface-cli download "
+            f"{name} --local-dir DIR) or a tiny local VLA (python scripts/make_tiny_vla.py --arch llava --out DIR)"
+        ) from None
+
+
 def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASources) -> VLAFiles:
     """Check the model behind ``sources`` against the recipe without loading weights."""
     weights = sources.weights
-    if not _is_local(weights) and (weights.startswith(("/", ".", "~")) or weights.count("/") > 1):
+    if _is_local(weights):
+        model_config = read_model_config(weights)
+    elif _looks_local(weights):
         raise VLACheckpointError(
             f"model.name_or_path={weights!r}: no such directory (a Hub id looks like org/name). Make a "
             "tiny local VLA with: python scripts/make_tiny_vla.py --arch llava --out DIR")
-    if _is_local(weights):
-        model_config = read_model_config(weights)
-    else:  # a Hub id: the config comes with the download
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(weights, revision=sources.revision,
-                                                  trust_remote_code=m.trust_remote_code).to_dict()
+    else:
+        model_config = _hub_config(weights, m, sources.revision)
     arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)
 
     action_tokenizer = None
@@ -102,6 +158,8 @@ def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASourc
         raise ActionTokenizerError(
             f"the model's vocabulary ({vocab} tokens) cannot hold {K} action bins plus the prompt's tokens; "
             "use model.action_tokens=add (adds <act_k> tokens and resizes the embeddings) or fewer env.num_bins")
+    if _is_local(weights):  # last: what the config says is checked first, then the (large) weight files
+        check_model_weights(weights)
     return VLAFiles(sources, arch, action_tokenizer)
 
 
@@ -208,18 +266,3 @@ def _set_full_finetune(model, arch: ArchSpec, include_vision: bool) -> None:
     vision = re.compile(rf"^{arch.vision_model}\.")
     for name, p in model.named_parameters():
         p.requires_grad_(include_vision or not vision.match(name))
-
-
-def load_adapter_weights(policy, path: Path) -> None:
-    """Strictly load an adapter's weights (``adapter_model.safetensors`` at ``path``) into a policy that
-    already carries an adapter of the same shape (resume)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    result = set_peft_model_state_dict(policy.model, state)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k or "trainable_tokens" in k]
-    if unexpected or missing:
-        raise VLACheckpointError(f"{path} does not match this adapter: unexpected {unexpected[:5]}, "
-                                 f"missing {missing[:5]}")

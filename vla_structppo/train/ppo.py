@@ -37,15 +37,18 @@ from ..checkpoints import (
     torch_load,
     write_atomic_dir,
 )
+from ..checkpoints.locate import read_config, run_dir_of, verify
+from ..checkpoints.rundir import RunLock, resumed_config, run_in_dir
 from ..checkpoints.store import CheckpointError, prune, staging_dirs, start_dir, to_torch_tree
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import credit_summary, explained_variance, plot_credit, plot_learning_curve
 from ..envs import make_env
+from ..errors import UserError
 from ..eval import evaluate_during_training
 from ..policies.agent import Agent
 from ..policies.base import select_batch
-from .accel import make_accelerator
-from .metrics_log import MetricsLog
+from .accel import any_rank, claim, make_accelerator
+from .metrics_log import MetricsLog, read_metrics
 from .rollout import Rollout, RolloutState, collect_rollout
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train"]
@@ -54,15 +57,16 @@ __all__ = ["NonFiniteLossError", "TrainResult", "train"]
 TIMING_PREFIXES = ("time/", "charts/SPS")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many updates in a row had a non-finite loss; the newest checkpoint is the last good state."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many updates in a row had a non-finite loss; the message names the last good checkpoint."""
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    agent: Agent
+    agent: Agent | None  # None when a resumed run had nothing left to do
     history: list[dict[str, float]] = field(default_factory=list)
+    finished_before: int | None = None  # resume of a finished run: the update it had reached
 
     @property
     def final(self) -> dict[str, float]:
@@ -96,23 +100,45 @@ def _all_reduce_sum(accelerator: Accelerator):
     return reduce
 
 
-def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(_all_reduce_sum(accelerator)(t).item() > 0)
-
-
 # -- the loop --------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     """Run PPO with the structured advantage as configured; returns the run dir, agent and metrics.
-    ``command``: the command line that started the run (the CLI passes it; saved as ``command.txt``)."""
+    ``command``: the command line that started the run (the CLI passes it; saved as ``command.txt``).
+
+    ``resume=`` continues in the run dir of the checkpoint it names (checkpoints/rundir.py says what may
+    differ from that run's settings); a new run claims ``cfg.run_dir`` and refuses one that holds a run
+    unless ``overwrite=true``."""
     cfg.validate()
-    accelerator = make_accelerator(cfg, cfg.ppo.gradient_accumulation_steps)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.env.num_envs % world:
-        raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
     # the weights to start from: a checkpoint of this run (resume) or of another (init_from); a run dir
     # or hf://org/name resolves to a checkpoint dir here, once
     start = resolve(cfg.resume) if cfg.resume else resolve(cfg.init_from) if cfg.init_from else None
+    if cfg.resume:
+        run_dir = run_dir_of(start)
+        if run_dir is None:
+            raise CheckpointError(f"resume={cfg.resume} is not a checkpoint of a run dir; start a new run from it "
+                                  "with init_from= instead")
+        verify(start, resume=True)  # a damaged file is named here, with the intact checkpoint to use instead
+        cfg = resumed_config(cfg, read_config(start), run_dir)
+        done = int(torch_load(start / layout.TRAINER_STATE)["counters"]["update"])
+        if done >= cfg.num_updates:
+            return TrainResult(run_dir, None, read_metrics(run_dir / layout.METRICS), finished_before=done)
+    accelerator = make_accelerator(cfg, cfg.ppo.gradient_accumulation_steps)
+    lock = claim(cfg, accelerator)
+    started = False
+    try:
+        result = _train(cfg, command, start, accelerator, lock)
+        started = True
+        return result
+    finally:
+        if lock is not None:
+            lock.release(keep_empty=started or cfg.resume is not None)
+
+
+def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerator: Accelerator,
+           lock: RunLock | None) -> TrainResult:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.env.num_envs % world:
+        raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the {world} processes")
     run_dir, device = cfg.run_dir, accelerator.device
     set_seed(cfg.seed)  # identical initial weights on every process
     env_seed = cfg.seed * 1_000_003 + rank
@@ -120,10 +146,10 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     obs_space = envs.single_observation_space
     agent = build_agent(cfg, obs_dim=None if cfg.policy.type == "vla" else obs_space.shape[0], start_from=start)
     # the run is known to start (envs made, model loaded): only now is its dir written
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        run_in_dir(cfg, lock)
         (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
-        if command:  # how the run was started, for the model card's "reproduce" line
+        if command and not cfg.resume:  # how the run was started, for the model card's "reproduce" line
             (run_dir / layout.COMMAND).write_text(command + "\n")
     accelerator.wait_for_everyone()
     optimizer = torch.optim.Adam(_param_groups(agent, cfg), eps=1e-5)
@@ -138,7 +164,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     if cfg.resume:
         counters = _load_trainer_state(start, accelerator, core, optimizer, envs, state)
 
-    history = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, keep_until=counters["update"])
+    history = MetricsLog(run_dir / layout.METRICS, accelerator.is_main_process, keep_until=counters["update"])
     if cfg.logging.tensorboard:
         accelerator.init_trackers("tb")
     pbar = _progress(cfg, accelerator, counters["update"])
@@ -232,10 +258,11 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
             last = resolve(run_dir) if list_checkpoints(run_dir) else None
             pbar.close()
             accelerator.end_training()
+            where = (f"the last good checkpoint is {last} (resume={last} after the fix)" if last is not None
+                     else "no checkpoint was saved before it")
             raise NonFiniteLossError(
-                f"{counters['nan_streak']} updates in a row had a non-finite loss; stopping. "
-                f"Last good checkpoint: {last}. Lower ppo.learning_rate or check the rewards."
-            )
+                f"{counters['nan_streak']} updates in a row had a non-finite loss (update {update}); stopped: "
+                f"{where}. Lower ppo.learning_rate or ppo.max_grad_norm, or check the rewards.")
         pbar.update(1)
         shown = {"SPS": f"{metrics['charts/SPS']:.0f}",
                  "ret": f"{metrics.get('rollout/ep_return_mean', float('nan')):.3f}"}
@@ -280,7 +307,7 @@ def _fit_head(core: Agent, optimizer, batch: dict, cfg: TrainConfig, accelerator
             out = head(batch["features"][idx], batch["actions"][idx], batch["bin_probs"][idx])
             loss, m = head_loss(out, batch["advantages"][idx], lambda_pair=p.lambda_pair, lambda_1=p.lambda_1,
                                 lambda_2=p.lambda_2, mask=batch["valid"][idx])
-            if _any_rank(accelerator, not bool(torch.isfinite(loss))):
+            if any_rank(accelerator, not bool(torch.isfinite(loss))):
                 nan_seen = True
                 break
             inner.zero_grad(set_to_none=True)
@@ -320,14 +347,14 @@ def _ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Ac
                                                train_policy=train_policy)
                     if first_ratio_dev is None:
                         first_ratio_dev = ratio_dev
-                    bad = bad or _any_rank(accelerator, not bool(torch.isfinite(loss)))
+                    bad = bad or any_rank(accelerator, not bool(torch.isfinite(loss)))
                     if bad:
                         # keep DDP's bookkeeping whole: a zero gradient through every parameter
                         loss = sum((q * 0.0).sum() for q in agent.parameters())
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
-                        bad = bad or _any_rank(accelerator, not bool(torch.isfinite(torch.as_tensor(grad_norm))))
+                        bad = bad or any_rank(accelerator, not bool(torch.isfinite(torch.as_tensor(grad_norm))))
                         m["grad_norm"] = float(grad_norm)
                         if not train_policy:
                             # critic warm-up: no gradient at all for the policy, so Adam neither steps nor

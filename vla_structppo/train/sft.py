@@ -25,11 +25,12 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from ..checkpoints import build_vla_policy, layout, resolve, save_agent, write_atomic_dir
+from ..checkpoints.rundir import RunLock, run_in_dir
 from ..checkpoints.store import staging_dirs, start_dir
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..data.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
 from ..policies.base import EvalOutput, select_batch
-from .accel import make_accelerator
+from .accel import claim, make_accelerator
 from .metrics_log import MetricsLog
 
 __all__ = ["SFTResult", "sft"]
@@ -102,6 +103,19 @@ def sft(cfg: TrainConfig) -> SFTResult:
                       f"recipe's ({'; '.join(changed)}): the policy will see other pictures or actions under "
                       "PPO and evaluation than it was cloned on", stacklevel=2)
     accelerator = make_accelerator(cfg)
+    lock = claim(cfg, accelerator)
+    started = False
+    try:
+        result = _sft(cfg, ds, actions, stats, accelerator, lock)
+        started = True
+        return result
+    finally:
+        if lock is not None:
+            lock.release(keep_empty=started)
+
+
+def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, accelerator: Accelerator,
+         lock: RunLock | None) -> SFTResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
     set_seed(cfg.seed)  # identical LoRA init on every process
@@ -114,8 +128,8 @@ def sft(cfg: TrainConfig) -> SFTResult:
     start = resolve(cfg.init_from) if cfg.init_from else None
     policy = build_vla_policy(cfg, start, bounds=bounds)  # preflight first: no weights load on a bad model
     # the run is known to start: only now is its dir written
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        run_in_dir(cfg, lock)
         (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
     accelerator.wait_for_everyone()
     bins = torch.as_tensor(policy.action_tokenizer.encode(actions), dtype=torch.long)  # [N, D]
