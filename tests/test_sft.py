@@ -220,3 +220,20 @@ def test_cli_demos_then_sft(work, tmp_path):
                                   "name=cli"))
     assert out.returncode == 0 and "EXIT" not in out.stdout, (out.stdout, out.stderr)
     assert "checkpoint" in out.stdout and str(tmp_path / "cli" / "checkpoints") in out.stdout
+
+
+def test_sft_in_two_processes_gives_the_same_adapter_bytes(work, tmp_path):
+    """Same seed, same data, same machine: two separate SFT processes write byte-identical adapters
+    (benchmarks/sft_determinism.py repeats this for the main job, under load and in the pipeline's order)."""
+    import hashlib
+
+    data = tmp_path / "demos"
+    assert _cli("demos", *_overrides(work, f"sft.dataset={data}", "sft.max_samples=16")).returncode == 0
+    digests = []
+    for name in ("first", "second"):
+        out = _cli("sft", *_overrides(work, f"sft.dataset={data}", "sft.num_epochs=2", f"output_dir={tmp_path}",
+                                      f"name={name}"))
+        assert out.returncode == 0, out.stderr
+        digests.append(hashlib.sha256((tmp_path / name / "checkpoints" / "last" / "adapter_model.safetensors")
+                                      .read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
