@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"pipeline"},
     {"train"},
-    {"eval", "hub"},
+    {"eval", "hub", "predict"},
     {"checkpoints", "data"},
     {"policies", "envs", "diagnostics"},
     {"algo"},

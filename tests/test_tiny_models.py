@@ -6,13 +6,13 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vla_structppo.policies.bin_rows import ordinal_rows
 from vla_structppo.policies.tiny import (
+    HF_TINY_ARCHS,
     NUM_ACTION_FILLERS,
-    TINY_ARCHS,
     build_tiny_vla,
     build_tokenizer,
     default_vocab_size,
-    ordinal_rows,
     save_tiny_vla,
 )
 
@@ -41,7 +41,7 @@ def _inputs(processor, arch):
     return inputs
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", HF_TINY_ARCHS)
 def test_build_save_reload(arch, tmp_path):
     model, processor = build_tiny_vla(arch, seed=0)
     vocab = default_vocab_size(arch)

@@ -27,7 +27,8 @@ from vla_structppo.policies.vla_arch import ARCHS, UnsupportedArchitectureError,
 
 D, K = 7, 256
 LM_PATH = {"paligemma": "model.language_model", "paligemma2": "model.language_model",
-           "qwen2_5_vl": "model.language_model", "smolvlm": "model.text_model", "llava": "model.language_model"}
+           "qwen2_5_vl": "model.language_model", "smolvlm": "model.text_model", "llava": "model.language_model",
+           "openvla": "language_model.model"}
 PROJ = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
         "mlp.up_proj", "mlp.down_proj"]
 
@@ -37,10 +38,27 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-vla")
     dirs = {}
     for arch in TINY_ARCHS:
+        if arch == "openvla":  # its own action coding from one dataset's statistics; 56 px -> 16 patches
+            from vla_structppo.policies.tiny_openvla import DEFAULT_NORM_STATS
+
+            dirs[arch] = save_tiny_vla(arch, root / arch, seed=0, image_size=56,
+                                       norm_stats={"bridge_orig": DEFAULT_NORM_STATS["bridge_orig"]})
+            continue
         d = save_tiny_vla(arch, root / arch, seed=0)
         write_action_tokenizer(d, D, K)
         dirs[arch] = d
     return dirs
+
+
+def base_weights(arch: str, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the model in ``path`` as its own loader reads it."""
+    if arch == "openvla":
+        from vla_structppo.policies.openvla import load_openvla
+
+        return load_openvla(path).state_dict()
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path).state_dict()
 
 
 def vla_overrides(path: Path, *extra: str) -> list[str]:
@@ -166,9 +184,7 @@ def quick_vla_run(path: Path, tmp: Path, name: str, *extra: str):
 def test_training_changes_adapter_and_heads_only_and_reloads_exactly(arch, tiny_dirs, tmp_path):
     result = quick_vla_run(tiny_dirs[arch], tmp_path, arch)
     agent = result.agent
-    from transformers import AutoModelForImageTextToText
-
-    base = AutoModelForImageTextToText.from_pretrained(tiny_dirs[arch]).state_dict()
+    base = base_weights(arch, tiny_dirs[arch])
     trained = agent.policy.base_model.state_dict()
     checked = 0
     for key, value in base.items():
@@ -303,7 +319,7 @@ def test_unsupported_architecture_lists_the_supported(tmp_path, no_weight_loadin
 
 
 def test_remote_code_stays_off_unless_asked(tmp_path, tiny_dirs, monkeypatch):
-    d = write_config(tmp_path / "openvla", model_type="openvla", auto_map={"AutoConfig": "x.Config"})
+    d = write_config(tmp_path / "custom", model_type="my_custom_vla", auto_map={"AutoConfig": "x.Config"})
     with pytest.raises(UnsupportedArchitectureError, match="trust_remote_code is false"):
         vla_preflight(load_config(None, vla_overrides(d)))
     # and the loaders are called with trust_remote_code=False by default
@@ -345,7 +361,7 @@ def test_missing_model_dir_fails_before_loading(tmp_path, no_weight_loading):
         vla_preflight(load_config(None, vla_overrides(tmp_path / "nope")))
 
 
-@pytest.mark.parametrize("arch", ["smolvlm", "paligemma"])
+@pytest.mark.parametrize("arch", ["smolvlm", "paligemma", "openvla"])
 def test_full_finetuning_saves_the_model_and_reloads_exactly(arch, tiny_dirs, tmp_path):
     result = quick_vla_run(tiny_dirs[arch], tmp_path, "full", "model.lora.enabled=false")
     policy = result.agent.policy

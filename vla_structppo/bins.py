@@ -1,4 +1,5 @@
-"""The one mapping between bins and continuous actions: K evenly spaced points per dim.
+"""The mappings between bins and continuous actions, in one place: K evenly spaced points per dim
+(:class:`BinGrid`, every env's and this project's tokenizers'), and OpenVLA's coding (:class:`OpenVLABins`).
 
 Dim ``i`` of an action is normalised to ``[-1, 1]`` by its bounds ``[low_i, high_i]`` and clipped; its K
 bins are K evenly spaced points spanning the bounds *including both ends*, and a value goes to its
@@ -12,10 +13,24 @@ action tokenizer maps a VLA's bin tokens through it (docs/architecture.md): one 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BinGrid"]
+__all__ = ["BinCoding", "BinGrid", "OpenVLABins"]
+
+
+class BinCoding(Protocol):
+    """What an env needs to turn a policy's bins into the continuous action it executes, and back (experts)."""
+
+    num_bins: int
+
+    @property
+    def action_dims(self) -> int: ...
+
+    def encode(self, actions: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, bins: np.ndarray) -> np.ndarray: ...
 
 
 class BinGrid:
@@ -59,3 +74,50 @@ class BinGrid:
     def values(self) -> np.ndarray:
         """``[K, D]``: the continuous value of bin k in dim i."""
         return self.decode(np.repeat(np.arange(self.num_bins)[:, None], self.action_dims, axis=1))
+
+
+class OpenVLABins:
+    """OpenVLA's action coding, exact in both directions (prismatic's ``ActionTokenizer`` and data pipeline).
+
+    Encode: every dim with ``mask`` is normalised to ``2 (x - q01) / (q99 - q01 + 1e-8) - 1`` and clipped to
+    [-1, 1] (a dim whose min equals its max, ``fixed``, becomes 0); the others (the gripper) are kept; then
+    ``np.digitize`` over 256 uniform edges on [-1, 1] gives ``d`` in 1..256, and bin ``k = d - 1``. Decode:
+    ``k`` is clipped to 0..254 and mapped to the 255 bin centres (the two highest bins decode alike), then
+    un-normalised with ``where(mask, 0.5 (x + 1) (q99 - q01) + q01, x)``. The vocabulary token of bin k is
+    ``31999 - k`` (``32000 - d``; the action tokenizer's ``openvla`` mode).
+    """
+
+    def __init__(self, q01: Sequence[float], q99: Sequence[float], mask: Sequence[bool] | None = None,
+                 fixed: Sequence[bool] | None = None, num_bins: int = 256) -> None:
+        self.q01 = np.asarray(q01, dtype=np.float64)
+        self.q99 = np.asarray(q99, dtype=np.float64)
+        D = len(self.q01)
+        self.mask = np.asarray(mask if mask is not None else [True] * D, dtype=bool)
+        self.fixed = np.asarray(fixed if fixed is not None else [False] * D, dtype=bool)
+        if not (self.q99.shape == self.mask.shape == self.fixed.shape == (D,)):
+            raise ValueError(f"q01, q99, mask and fixed must have one entry per dim ({D})")
+        self.num_bins = int(num_bins)
+        self.edges = np.linspace(-1.0, 1.0, self.num_bins)
+        self.centers = (self.edges[:-1] + self.edges[1:]) / 2.0
+
+    @property
+    def action_dims(self) -> int:
+        return len(self.q01)
+
+    def normalize(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions, np.float64)
+        x = np.where(self.mask, np.clip(2 * (a - self.q01) / (self.q99 - self.q01 + 1e-8) - 1, -1, 1), a)
+        return np.where(self.fixed, 0.0, x)
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions, np.float64)
+        if a.shape[-1] != self.action_dims:
+            raise ValueError(f"actions have {a.shape[-1]} dims, the coding {self.action_dims}")
+        return np.digitize(np.clip(self.normalize(a), -1.0, 1.0), self.edges).astype(np.int64) - 1
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        b = np.asarray(bins, np.int64)
+        if b.size and (b.min() < 0 or b.max() >= self.num_bins):
+            raise ValueError(f"bins must lie in 0..{self.num_bins - 1}, got {int(b.min())}..{int(b.max())}")
+        x = self.centers[np.clip(b, 0, self.num_bins - 2)]
+        return np.where(self.mask, 0.5 * (x + 1) * (self.q99 - self.q01) + self.q01, x)

@@ -15,7 +15,7 @@ from typing import NoReturn
 from .config import ConfigError, TrainConfig, explicit_settings, field_docs, load_config, to_yaml
 from .errors import UserError
 
-VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "config")
+VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "predict", "config")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         if verb == "config":
             p.add_argument("--keys", action="store_true", help="list every config key and its meaning")
+    predict = sub.add_parser("predict", help="one greedy action of a checkpoint / model for a picture and an instruction")
+    predict.add_argument("model", help="a run's checkpoint (or run dir, or hf://org/name), a local model dir or a Hub id")
+    predict.add_argument("args", nargs="*", help='image=PATH instruction="..." [model.unnorm_key=KEY] '
+                         "[model.dtype=float32|bfloat16] [device=cpu|cuda] ...")
+    predict.add_argument("--json", action="store_true", help="print token_ids, bins, logprobs and action as JSON")
     push = sub.add_parser("push", help="upload a run's checkpoint, eval results and model card to the Hugging Face Hub")
     push.add_argument("run_dir", help="the run dir (its checkpoints/last unless checkpoint=NAME)")
     push.add_argument("args", nargs="*", help="repo_id=org/name [private=true] [revision=BRANCH] [checkpoint=NAME] "
@@ -58,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, command: str) -> None:
     if args.verb == "push":  # a run dir + its own keys, not a recipe + overrides
         _push(args.run_dir, args.args)
+        return
+    if args.verb == "predict":  # a model + its inputs, not a recipe
+        from .predict import format_action, predict, predict_inputs
+
+        inputs, overrides = predict_inputs(args.args)
+        print(format_action(predict(args.model, inputs["image"], inputs["instruction"], overrides), args.json))
         return
     recipe = args.recipe
     overrides = list(args.overrides)

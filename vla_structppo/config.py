@@ -59,7 +59,7 @@ ENV_IDS = ("structured", "metaworld", "libero", "maniskill")
 VECTOR_MODES = ("sync", "async")
 POLICY_TYPES = ("mlp", "ar_mlp", "vla")
 OBSERVATIONS = ("state", "image")
-ACTION_TOKEN_MODES = ("last_k", "add")
+ACTION_TOKEN_MODES = ("auto", "last_k", "add", "openvla")
 DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
 HEAD_MODES = ("shared_local", "structured", "counterfactual")
@@ -313,8 +313,12 @@ class ModelConfig:
     """Weights dtype: ``float32``, ``bfloat16`` or ``float16`` (heads and log-probs stay float32)."""
     attn_implementation: Optional[str] = None  # noqa: UP045
     """transformers attention kernel (``sdpa``, ``eager``, ``flash_attention_2`` ...); null = the model's default."""
-    action_tokens: str = "last_k"
-    """Bin tokens: ``last_k`` (reuse the last K vocabulary ids, as OpenVLA) or ``add`` (new ``<act_k>``)."""
+    action_tokens: str = "auto"
+    """Bin tokens: ``auto`` (the model's own: ``openvla`` for OpenVLA checkpoints, else ``last_k``), ``last_k``
+    (reuse the last K vocabulary ids), ``add`` (new ``<act_k>`` tokens) or ``openvla`` (OpenVLA's coding)."""
+    unnorm_key: Optional[str] = None  # noqa: UP045
+    """OpenVLA: the dataset whose action statistics (``norm_stats`` in config.json) un-normalise the actions,
+    e.g. ``bridge_orig`` or ``libero_spatial``; null when the checkpoint has one."""
     feature_layer: int = -1
     """Decoder layer whose hidden state at the last prompt token is the state feature (-1 = last)."""
     prompt: str = "In: What action should the robot take to {instruction}?\nOut:"

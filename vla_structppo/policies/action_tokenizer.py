@@ -5,8 +5,10 @@ OpenVLA does, or an environment's action bounds); its K bins are the points of t
 (vla_structppo/bins.py: K evenly spaced points spanning the bounds, both ends included) — the same
 grid every env decodes its bins on.
 
-Bin ``k`` of every dim is the same vocabulary token ``token_ids[k]``: either the last K ids of the
-vocabulary (OpenVLA reuses the least-used ones; nothing to resize) or K added ``<act_k>`` tokens.
+Bin ``k`` of every dim is the same vocabulary token ``token_ids[k]``: the last K ids of the vocabulary
+(``last_k``; nothing to resize), K added ``<act_k>`` tokens (``add``), or OpenVLA's own coding
+(``openvla``: the last 256 of its 32000 ids, reversed, over 255 bin centres with q01 / q99 + mask
+un-normalisation — vla_structppo.bins.OpenVLABins), exact in both directions.
 The tokenizer is saved to / loaded from JSON strictly: unknown or missing keys, wrong lengths, bins
 that are not distinct or out of range all fail with the file named.
 """
@@ -21,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bins import BinGrid
+from ..bins import BinCoding, BinGrid, OpenVLABins
 from ..errors import UserError
 
 __all__ = ["ACTION_TOKEN_MODES", "ActionTokenizer", "ActionTokenizerError", "FILE_NAME"]
 
 FILE_NAME = "action_tokenizer.json"
-ACTION_TOKEN_MODES = ("last_k", "add")
+ACTION_TOKEN_MODES = ("last_k", "add", "openvla")
 _FORMAT_VERSION = 1
 
 
@@ -46,6 +48,9 @@ class ActionTokenizer:
     high: list[float]
     mode: str = "last_k"
     token_strings: list[str] | None = None  # the ``<act_k>`` strings in "add" mode
+    mask: list[bool] | None = None  # openvla: the dims that are normalised (the gripper is not)
+    fixed: list[bool] | None = None  # openvla: dims whose statistics have min == max (normalised to 0)
+    unnorm_key: str | None = None  # openvla: the dataset statistics the bounds come from
 
     def __post_init__(self) -> None:
         D, K = self.action_dims, self.num_bins
@@ -60,8 +65,13 @@ class ActionTokenizer:
             problems.append("token ids must be K distinct non-negative ids")
         if len(self.low) != D or len(self.high) != D:
             problems.append(f"bounds have {len(self.low)} / {len(self.high)} entries for {D} dims")
-        elif any(not (math.isfinite(lo) and math.isfinite(hi) and hi > lo) for lo, hi in zip(self.low, self.high)):
+        elif any(not (math.isfinite(lo) and math.isfinite(hi) and (hi > lo or (self.mode == "openvla" and hi >= lo)))
+                 for lo, hi in zip(self.low, self.high)):
             problems.append("every dim needs finite bounds with high > low")
+        for name in ("mask", "fixed"):
+            value = getattr(self, name)
+            if value is not None and (self.mode != "openvla" or len(value) != D):
+                problems.append(f"{name} is for mode 'openvla', with one entry per dim")
         if problems:
             raise ActionTokenizerError("invalid action tokenizer: " + "; ".join(problems))
         self.token_ids = [int(t) for t in self.token_ids]
@@ -100,9 +110,36 @@ class ActionTokenizer:
     def added_token_strings(num_bins: int) -> list[str]:
         return [f"<act_{k}>" for k in range(num_bins)]
 
-    # -- mapping (the bin grid of vla_structppo/bins.py, shared with every env) ---------------------------
+    @classmethod
+    def openvla(cls, norm_stats: dict, unnorm_key: str | None, *, vocab_size: int = 32000,
+                num_bins: int = 256) -> ActionTokenizer:
+        """OpenVLA's own coding of a checkpoint's ``norm_stats`` (config.json): bin ``k`` is token
+        ``vocab_size - 1 - k`` (the last 256 ids, reversed), bounds ``q01`` / ``q99`` of
+        ``norm_stats[unnorm_key]["action"]`` with its ``mask`` (vla_structppo.bins.OpenVLABins)."""
+        if not norm_stats:
+            raise ActionTokenizerError("the checkpoint's config.json has no norm_stats to un-normalise actions with")
+        if unnorm_key is None:
+            if len(norm_stats) != 1:
+                raise ActionTokenizerError(f"the checkpoint has action statistics of several datasets: set "
+                                           f"model.unnorm_key to one of {sorted(norm_stats)}")
+            unnorm_key = next(iter(norm_stats))
+        if unnorm_key not in norm_stats:
+            raise ActionTokenizerError(f"model.unnorm_key={unnorm_key!r} is not in the checkpoint's norm_stats; "
+                                       f"available: {sorted(norm_stats)}")
+        stats = norm_stats[unnorm_key]["action"]
+        D = len(stats["q01"])
+        mask = [bool(m) for m in stats.get("mask", [True] * D)]
+        fixed = [lo == hi for lo, hi in zip(stats.get("min", [0.0] * D), stats.get("max", [1.0] * D))]
+        ids = [vocab_size - 1 - k for k in range(num_bins)]
+        return cls(D, num_bins, ids, list(stats["q01"]), list(stats["q99"]), mode="openvla", mask=mask, fixed=fixed,
+                   unnorm_key=unnorm_key)
+
+    # -- mapping (vla_structppo/bins.py: the bin grid every env shares, or OpenVLA's coding) ----------------
     @property
-    def grid(self) -> BinGrid:
+    def coding(self) -> BinCoding:
+        """The bin <-> continuous mapping of these tokens (what an env decodes a policy's bins with)."""
+        if self.mode == "openvla":
+            return OpenVLABins(self.low, self.high, self.mask, self.fixed, self.num_bins)
         return BinGrid(self.low, self.high, self.num_bins)
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
@@ -110,12 +147,12 @@ class ActionTokenizer:
         a = np.asarray(actions, np.float64)
         if a.shape[-1] != self.action_dims:
             raise ActionTokenizerError(f"actions have {a.shape[-1]} dims, the action tokenizer {self.action_dims}")
-        return self.grid.encode(a)
+        return self.coding.encode(a)
 
     def decode(self, bins: np.ndarray) -> np.ndarray:
         """Bins ``[..., D]`` -> continuous actions ``[..., D]`` (the bin values, un-normalised)."""
         try:
-            return self.grid.decode(bins)
+            return self.coding.decode(bins)
         except ValueError as err:
             raise ActionTokenizerError(str(err)) from None
 
@@ -170,8 +207,9 @@ class ActionTokenizer:
             raise ActionTokenizerError(f"{p}: not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ActionTokenizerError(f"{p}: expected a JSON object")
-        expected = {"format_version", "action_dims", "num_bins", "token_ids", "low", "high", "mode", "token_strings"}
-        unknown, missing = set(data) - expected, expected - set(data) - {"token_strings"}
+        optional = {"token_strings", "mask", "fixed", "unnorm_key"}
+        expected = {"format_version", "action_dims", "num_bins", "token_ids", "low", "high", "mode", *optional}
+        unknown, missing = set(data) - expected, expected - set(data) - optional
         if unknown or missing:
             raise ActionTokenizerError(f"{p}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
         if data["format_version"] != _FORMAT_VERSION:

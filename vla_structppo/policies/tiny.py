@@ -27,9 +27,12 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
+from .bin_rows import ordinal_rows
 from .processors import Qwen2_5_VLImageOnlyProcessor
 
-TINY_ARCHS: tuple[str, ...] = ("paligemma", "paligemma2", "qwen2_5_vl", "smolvlm", "llava")
+# the architectures built from transformers' classes here; OpenVLA's released layout is tiny_openvla.py's
+HF_TINY_ARCHS: tuple[str, ...] = ("paligemma", "paligemma2", "qwen2_5_vl", "smolvlm", "llava")
+TINY_ARCHS: tuple[str, ...] = (*HF_TINY_ARCHS, "openvla")
 
 #: Number of filler ids at the end of the vocabulary reserved for action bins.
 NUM_ACTION_FILLERS = 256
@@ -85,8 +88,8 @@ _CORPUS: tuple[str, ...] = (
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    if arch not in HF_TINY_ARCHS:
+        raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(HF_TINY_ARCHS)}")
 
 
 def default_vocab_size(arch: str) -> int:
@@ -377,25 +380,13 @@ def build_tiny_vla(
     return model, processor
 
 
-def ordinal_rows(num: int, dim: int, std: float, max_cycles: float) -> torch.Tensor:
-    """``[num, dim]`` embedding rows that vary smoothly with the row index (random Fourier features).
-
-    Row k is ``P^T cos(w * k / (num - 1) + b)`` with ``dim`` random frequencies ``w`` uniform in
-    ``[0, 2 pi max_cycles]``, phases ``b`` and a Gaussian projection ``P``, rescaled to ``std``: nearby rows
-    are nearly parallel, rows far apart are nearly unrelated, and a dot product with any vector is a
-    band-limited function of k, so a logit over the bins peaks at one place with a width of about
-    ``num / (2 max_cycles)``. Draws from torch's global RNG (the caller seeds it).
-    """
-    position = torch.arange(num, dtype=torch.float64)[:, None] / max(num - 1, 1)  # [num, 1]
-    freqs = torch.rand(dim, dtype=torch.float64) * (2 * torch.pi * max_cycles)
-    phases = torch.rand(dim, dtype=torch.float64) * (2 * torch.pi)
-    features = torch.cos(position * freqs + phases)  # [num, dim]
-    rows = features @ torch.randn(dim, dim, dtype=torch.float64)
-    return (rows * (std / rows.std())).float()
-
-
 def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> Path:
-    """Write a tiny VLA where ``from_pretrained`` (model and ``AutoProcessor``) can load it offline."""
+    """Write a tiny VLA where ``from_pretrained`` (model and ``AutoProcessor``) can load it offline; ``openvla``
+    writes the released OpenVLA layout instead (policies/tiny_openvla.py)."""
+    if arch == "openvla":
+        from .tiny_openvla import save_tiny_openvla
+
+        return save_tiny_openvla(out_dir, seed, **kw)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_tiny_vla(arch, seed, **kw)
@@ -405,6 +396,7 @@ def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> P
 
 
 __all__ = [
+    "HF_TINY_ARCHS",
     "NUM_ACTION_FILLERS",
     "TINY_ARCHS",
     "build_tiny_vla",

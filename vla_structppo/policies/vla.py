@@ -93,6 +93,8 @@ class VLAPolicy(nn.Module):
 
     # -- inputs -----------------------------------------------------------------------------------
     def prompt_text(self, instruction: str) -> str:
+        if self.arch.lowercase_instruction:  # OpenVLA was trained on lower-cased instructions
+            instruction = instruction.lower()
         return self.arch.image_text + self.prompt.format(instruction=instruction)
 
     def prepare(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -257,7 +259,12 @@ class VLAPolicy(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Adapter (or full model) + processor + action tokenizer: what a checkpoint holds of the policy."""
         directory = Path(directory)
-        self.model.save_pretrained(str(directory))
+        if self.arch.native and not hasattr(self.model, "peft_config"):  # a fully fine-tuned OpenVLA
+            from .openvla.weights import save_openvla
+
+            save_openvla(self.model, directory)
+        else:
+            self.model.save_pretrained(str(directory))
         self.processor.save_pretrained(str(directory))
         self.action_tokenizer.save(directory)
 

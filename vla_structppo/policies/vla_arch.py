@@ -43,6 +43,12 @@ class ArchSpec:
     """Qwen-VL: 3-D rotary positions from ``get_rope_index``; ``mm_token_type_ids`` mark image tokens."""
     flat_pixels: bool = False
     """Qwen-VL: ``pixel_values`` is ``[sum of patches, dim]`` rather than batch-first."""
+    lowercase_instruction: bool = False
+    """OpenVLA: the instruction is lower-cased in the prompt (as it was in training)."""
+    native: bool = False
+    """Loaded by this project's own classes (policies/openvla), not transformers' Auto classes."""
+    action_tokens: str = "last_k"
+    """The action coding ``model.action_tokens: auto`` picks: ``openvla`` for OpenVLA, else ``last_k``."""
 
     def lora_regex(self) -> str:
         return (rf"^{self.language_model}\.layers\.\d+\."
@@ -58,6 +64,9 @@ ARCHS: dict[str, ArchSpec] = {
     "idefics3": ArchSpec("idefics3", r"model\.text_model", r"model\.(vision_model|connector)", image_text="<image>"),
     "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                       image_text="<image>"),
+    # Prismatic's parameter names: the Llama under language_model, the fused ViTs + projector beside it
+    "openvla": ArchSpec("openvla", r"language_model\.model", r"(vision_backbone|projector)", image_text="",
+                        lowercase_instruction=True, native=True, action_tokens="openvla"),
 }
 
 
@@ -65,16 +74,16 @@ def arch_for(model_config: dict, *, trust_remote_code: bool = False) -> ArchSpec
     """The :class:`ArchSpec` of a checkpoint's ``config.json`` content; clear errors otherwise."""
     model_type = model_config.get("model_type")
     supported = ", ".join(f"{k} ({_FAMILY[k]})" for k in ARCHS)
-    if model_type in ARCHS:
+    if model_type in ARCHS:  # OpenVLA's auto_map is ignored: it is loaded natively, no remote code runs
         return ARCHS[model_type]
     if "auto_map" in model_config and not trust_remote_code:
         raise UnsupportedArchitectureError(
             f"model_type {model_type!r} ships its own code (auto_map) and model.trust_remote_code is false. "
-            f"Supported architectures: {supported}. Remote-code models (e.g. OpenVLA's Prismatic) are not "
-            "supported; convert the checkpoint to one of these.")
+            f"Supported architectures: {supported}. Other remote-code models are not supported; convert the "
+            "checkpoint to one of these.")
     raise UnsupportedArchitectureError(
         f"unsupported VLA architecture model_type={model_type!r}. Supported: {supported}.")
 
 
 _FAMILY = {"paligemma": "PaliGemma, PaliGemma2", "qwen2_5_vl": "Qwen2.5-VL",
-           "idefics3": "SmolVLM / Idefics3", "llava": "LLaVA"}
+           "idefics3": "SmolVLM / Idefics3", "llava": "LLaVA", "openvla": "OpenVLA and its LIBERO fine-tunes"}

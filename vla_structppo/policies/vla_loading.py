@@ -22,7 +22,7 @@ from .action_tokenizer import ActionTokenizer, ActionTokenizerError
 from .vla_arch import ArchSpec, VLACheckpointError, arch_for
 
 __all__ = ["VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "check_model_weights", "load_vla_policy",
-           "preflight", "read_model_config"]
+           "local_snapshot", "preflight", "read_model_config", "resolve_action_tokens"]
 
 
 @dataclass(frozen=True)
@@ -104,20 +104,34 @@ def check_model_weights(path: str | Path) -> None:
         raise VLACheckpointError(f"{err} (the weights of model.name_or_path={str(d)!r})") from None
 
 
-def _hub_config(name: str, m: ModelConfig, revision: str | None) -> dict:
-    """``config.json`` of a Hub model id: from the local cache, else from the Hub when it can be reached."""
-    from transformers import AutoConfig
+def _hub_file(name: str, filename: str, revision: str | None) -> Path:
+    """One file of a Hub model id: from the local cache, else downloaded when the Hub can be reached."""
+    from huggingface_hub import hf_hub_download
 
+    reachable = hub_reachable()
     try:
-        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=m.trust_remote_code,
-                                          local_files_only=not hub_reachable()).to_dict()
-    except OSError as err:
-        where = "the Hub" if hub_reachable() else "the local Hugging Face cache (the Hub cannot be reached)"
+        return Path(hf_hub_download(name, filename, revision=revision, local_files_only=not reachable))
+    except Exception as err:  # not found, gated, offline: say which, name the key
+        where = "the Hub" if reachable else "the local Hugging Face cache (the Hub cannot be reached)"
         raise VLACheckpointError(
             f"model.name_or_path={name!r} is not a local directory, and {where} has no such model "
-            f"({str(err).splitlines()[0][:160]}). Give the dir of a downloaded model (huggingface-cli download "
-            f"{name} --local-dir DIR) or a tiny local VLA (python scripts/make_tiny_vla.py --arch llava --out DIR)"
-        ) from None
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}). Give the dir of a "
+            f"downloaded model (huggingface-cli download {name} --local-dir DIR) or a tiny local VLA "
+            "(python scripts/make_tiny_vla.py --arch llava --out DIR)") from None
+
+
+def local_snapshot(name: str, revision: str | None) -> str:
+    """A local dir of ``name``: itself, or the Hub snapshot (downloaded into the Hugging Face cache)."""
+    if _is_local(name):
+        return name
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name, revision=revision, local_files_only=not hub_reachable())
+
+
+def resolve_action_tokens(m: ModelConfig, arch: ArchSpec) -> str:
+    """``model.action_tokens`` with ``auto`` resolved to the architecture's own coding."""
+    return arch.action_tokens if m.action_tokens == "auto" else m.action_tokens
 
 
 def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASources) -> VLAFiles:
@@ -130,36 +144,46 @@ def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASourc
             f"model.name_or_path={weights!r}: no such directory (a Hub id looks like org/name). Make a "
             "tiny local VLA with: python scripts/make_tiny_vla.py --arch llava --out DIR")
     else:
-        model_config = _hub_config(weights, m, sources.revision)
+        model_config = check_json(_hub_file(weights, "config.json", sources.revision))
     arch = arch_for(model_config, trust_remote_code=m.trust_remote_code)
+    mode = resolve_action_tokens(m, arch)
+    if (mode == "openvla") != (arch.name == "openvla"):
+        raise ActionTokenizerError(f"model.action_tokens={m.action_tokens!r} does not fit a {arch.name} model: OpenVLA "
+                                   "checkpoints use their own coding (action_tokens=openvla, or auto)")
 
     action_tokenizer = None
     if sources.action_tokenizer is not None:
         action_tokenizer = ActionTokenizer.load(sources.action_tokenizer)
-        if action_tokenizer.mode != m.action_tokens:
+        if action_tokenizer.mode != mode:
             if sources.trained:  # a trained checkpoint's bins are what its adapter learned
                 raise ActionTokenizerError(
                     f"the checkpoint {str(sources.action_tokenizer)!r} uses action_tokens={action_tokenizer.mode!r} "
                     f"but the recipe says model.action_tokens={m.action_tokens!r}; set "
                     f"model.action_tokens={action_tokenizer.mode}")
             action_tokenizer = None  # a base model: build the bins the recipe asks for
+    if action_tokenizer is None and mode == "openvla":  # the checkpoint's own statistics, checked now
+        action_tokenizer = ActionTokenizer.openvla(model_config.get("norm_stats") or {}, m.unnorm_key)
     D, K = action_dims, num_bins
     vocab = _vocab_size(model_config)
     if action_tokenizer is not None:
         if action_tokenizer.action_dims != D or action_tokenizer.num_bins != K:
             raise ActionTokenizerError(
-                f"the checkpoint's action tokenizer has {action_tokenizer.action_dims} dims x "
+                f"the model's action tokenizer has {action_tokenizer.action_dims} dims x "
                 f"{action_tokenizer.num_bins} bins but the env is configured with env.action_dims={D}, "
                 f"env.num_bins={K}; set them to match the model (a VLA's action dims are fixed by its training)")
-        if action_tokenizer.mode == "last_k" and vocab is not None and max(action_tokenizer.token_ids) >= vocab:
+        if action_tokenizer.mode != "add" and vocab is not None and max(action_tokenizer.token_ids) >= vocab:
             raise ActionTokenizerError(f"action token ids reach {max(action_tokenizer.token_ids)} but the model's "
                                        f"vocabulary has {vocab} ids")
-    elif m.action_tokens == "last_k" and vocab is not None and vocab < K + 1:
+    elif mode == "last_k" and vocab is not None and vocab < K + 1:
         raise ActionTokenizerError(
             f"the model's vocabulary ({vocab} tokens) cannot hold {K} action bins plus the prompt's tokens; "
             "use model.action_tokens=add (adds <act_k> tokens and resizes the embeddings) or fewer env.num_bins")
     if _is_local(weights):  # last: what the config says is checked first, then the (large) weight files
         check_model_weights(weights)
+        if arch.native:
+            from .openvla.weights import check_openvla_keys
+
+            check_openvla_keys(weights)
     return VLAFiles(sources, arch, action_tokenizer)
 
 
@@ -173,24 +197,30 @@ def load_vla_policy(m: ModelConfig, action_dims: int, num_bins: int, files: VLAF
                     bounds: tuple[list[float], list[float]] | None = None):
     """The VLA policy (weights loaded, LoRA applied or loaded, trainable parameters set). ``bounds``:
     the action normalisation bounds to use (SFT from a dataset's q01 / q99), else the tokenizer's."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from .vla import VLAPolicy
 
     src = files.sources
-    common = dict(trust_remote_code=m.trust_remote_code)
-    processor = AutoProcessor.from_pretrained(src.processor, revision=None if _is_local(src.processor)
-                                              else src.revision, **common)
+    if files.arch.native:  # OpenVLA: this project's classes, from the files (a Hub id is downloaded first)
+        from .openvla import OpenVLAProcessor, load_openvla
+
+        processor = OpenVLAProcessor.from_pretrained(local_snapshot(src.processor, src.revision))
+        model = load_openvla(local_snapshot(src.weights, src.revision), _dtype(m.dtype), m.attn_implementation)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        common = dict(trust_remote_code=m.trust_remote_code)
+        processor = AutoProcessor.from_pretrained(src.processor, revision=None if _is_local(src.processor)
+                                                  else src.revision, **common)
+        model = AutoModelForImageTextToText.from_pretrained(src.weights, dtype=_dtype(m.dtype),
+                                                            revision=None if _is_local(src.weights) else src.revision,
+                                                            attn_implementation=m.attn_implementation, **common)
     processor.tokenizer.padding_side = "left"  # batched decoding: each prompt's last token at the row's end
-    model = AutoModelForImageTextToText.from_pretrained(src.weights, dtype=_dtype(m.dtype),
-                                                        revision=None if _is_local(src.weights) else src.revision,
-                                                        attn_implementation=m.attn_implementation, **common)
     tokenizer = processor.tokenizer
     action_tokenizer = files.action_tokenizer
     D, K = action_dims, num_bins
     low, high = bounds if bounds is not None else ([-1.0] * D, [1.0] * D)
     if action_tokenizer is None:
-        if m.action_tokens == "add":
+        if resolve_action_tokens(m, files.arch) == "add":
             strings = ActionTokenizer.added_token_strings(K)
             tokenizer.add_tokens(strings, special_tokens=False)
             ids = tokenizer.convert_tokens_to_ids(strings)
