@@ -55,7 +55,11 @@ if ! pycheck "import torch, sys; sys.exit(not torch.__version__.startswith('2.13
 fi
 if ! pycheck "import importlib.metadata as m; m.version('vla-structppo')"; then
     log "installing the project (editable) with numpy<2"
-    "${PIP[@]}" -e "$REPO[dev]" "numpy<2" torch==2.13.0
+    "${PIP[@]}" -e "$REPO[dev,libero]" "numpy<2" torch==2.13.0
+fi
+if ! pycheck "import simplejpeg"; then  # env.libero.protocol=openvla (TF-exact JPEG decoding)
+    log "installing simplejpeg"
+    "${PIP[@]}" "simplejpeg>=1.8" "numpy<2"
 fi
 
 # -- 3. LIBERO and its pinned deps ---------------------------------------------------------------------

@@ -175,3 +175,36 @@ def test_multi_task_simulators_report_one_row_per_task(monkeypatch):
     assert result["tasks"]["a"]["episodes"] == result["tasks"]["b"]["episodes"] == 5
     assert result["tasks"]["a"]["success_rate"] == 1.0 and result["tasks"]["a"]["mean_length"] == 2.0
     assert result["tasks"]["b"]["success_rate"] == 0.0 and result["overall"]["episodes"] == 10
+
+
+def test_a_vla_acts_in_a_simulator_with_its_own_action_coding(monkeypatch):
+    """The env decodes a VLA's bins as the policy means them (its action tokenizer's coding: OpenVLA's bin
+    centres and dataset statistics), not on the simulator's uniform grid."""
+    from vla_structppo.bins import OpenVLABins
+    from vla_structppo.envs import registry
+    from vla_structppo.envs.sim import SimVectorEnv, make_vector
+
+    executed = []
+
+    class Recording(ToyTask):
+        def step(self, action):
+            executed.append(np.asarray(action, np.float64))
+            return super().step(action)
+
+    def toy(cfg, num_envs, seed):
+        return SimVectorEnv(make_vector([lambda: Recording("b")] * num_envs, "sync"), ([-1.0] * D, [1.0] * D),
+                            cfg.num_bins, task_labels=["b"] * num_envs, instructions=["do b"] * num_envs,
+                            has_expert=True, seed=seed)
+
+    monkeypatch.setitem(registry.ENVS, "libero", toy)
+    cfg = load_config(None, ["env.id=libero", "env.task=libero_spatial", f"env.action_dims={D}", "env.num_bins=256"])
+    env = registry.make_env(cfg.env, 1, 0)
+    env.reset(seed=0)
+    bins = np.array([[0, 50, 100, 150, 200, 254, 255]])
+    env.step(bins)
+    assert np.allclose(executed[-1], -1 + 2 * bins[0] / 255, atol=1e-6)  # the simulator's own grid
+    coding = OpenVLABins([-0.1] * 6 + [0.0], [0.1] * 6 + [1.0], [True] * 6 + [False])
+    env.set_coding(coding)
+    env.step(bins)
+    assert np.allclose(executed[-1], coding.decode(bins)[0], atol=1e-6)  # the policy's coding
+    assert np.array_equal(env.expert_bins(), coding.encode(np.zeros((1, D))))

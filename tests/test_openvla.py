@@ -280,3 +280,31 @@ def test_resume_continues_an_openvla_run_exactly(small, tmp_path):
         return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIXES)} for r in rows]
 
     assert strip(full.history[2:]) == strip(resumed.history)
+
+
+def test_eval_measures_a_released_model_as_it_is(small, tmp_path, monkeypatch):
+    """eval.checkpoint may name a downloaded model dir (or Hub id): the recipe's env and settings, fresh heads,
+    results beside (not inside) the recipe's run dir, which stays free for the fine-tuning run."""
+    from vla_structppo.checkpoints import pretrained_model
+    from vla_structppo.eval import run_eval
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "mine" / "checkpoints").mkdir(parents=True)
+    assert pretrained_model(str(small)) == str(small)
+    assert pretrained_model("openvla/openvla-7b-finetuned-libero-spatial") is not None  # a Hub id
+    assert pretrained_model("runs/typo") is None  # under a local dir: a path, not a Hub id
+    assert pretrained_model("runs/mine") is None and pretrained_model("hf://org/name") is None
+
+    cfg = load_config(None, overrides(small, *IMAGE_TASK, "env.structured.num_goals=1", "env.num_envs=2",
+                                      f"eval.checkpoint={small}", "eval.num_episodes=2", "eval.num_envs=2",
+                                      "eval.videos=0", f"output_dir={tmp_path / 'out'}", "name=recipe"))
+    first = run_eval(cfg, {})
+    assert first["overall"]["episodes"] == 2 and first["checkpoint_dir"] == str(small)
+    results = tmp_path / "out" / f"pretrained-{small.name}" / "eval" / "results.json"
+    assert results.is_file() and not (tmp_path / "out" / "recipe").exists()
+    assert run_eval(cfg, {})["overall"] == first["overall"]  # the same numbers again (fresh heads play no part)
+
+    from vla_structppo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="policy.type=vla"):
+        run_eval(load_config(None, [f"eval.checkpoint={small}", f"output_dir={tmp_path / 'out'}"]), {})

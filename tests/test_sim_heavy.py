@@ -146,3 +146,38 @@ def test_maniskill_pickcube_expert_succeeds() -> None:
         assert successes.all()
     finally:
         env.close()
+
+
+@needs_libero
+def test_libero_openvla_protocol_prepares_images_and_gripper_like_openvla() -> None:
+    """protocol=openvla: 256 px render -> OpenVLA's image pipeline at 224; RLDS gripper -> LIBERO's."""
+    pytest.importorskip("simplejpeg")
+    from vla_structppo.envs.libero import LiberoTaskEnv
+    from vla_structppo.envs.openvla_protocol import openvla_libero_image
+
+    env = LiberoTaskEnv("libero_spatial", 0, image_size=224, max_episode_steps=3, protocol="openvla",
+                        render_size=256, settle_steps=1)
+    try:
+        obs, _ = env.reset(seed=0)
+        raw = env._raw["agentview_image"]
+        assert raw.shape == (256, 256, 3)
+        assert obs["image"].shape == (224, 224, 3) and obs["image"].dtype == np.uint8
+        np.testing.assert_array_equal(obs["image"], openvla_libero_image(raw, 224))
+        sent = []
+        step = env.sim.step
+        env.sim.step = lambda a: (sent.append(np.array(a)), step(a))[1]
+        env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))  # RLDS: 1 = open
+        env.step(np.array([0, 0, 0, 0, 0, 0, 0.1]))  # RLDS: ~0 = close
+        assert sent[0][-1] == -1.0 and sent[1][-1] == 1.0  # LIBERO: -1 open, +1 close
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_libero_10_state_observations_of_different_sizes_fail_clearly() -> None:
+    from vla_structppo.envs.contract import EnvError
+    from vla_structppo.envs.libero import make_libero_env
+
+    cfg = EnvConfig(id="libero", task="libero_10", num_bins=K, max_episode_steps=3, observation="state")
+    with pytest.raises(EnvError, match="object states of different sizes"):
+        make_libero_env(cfg, 3, seed=0)

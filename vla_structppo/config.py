@@ -71,6 +71,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AUTORESET_MODES = ("same_step", "next_step")
 METAWORLD_REWARDS = ("dense", "success")
+LIBERO_PROTOCOLS = ("raw", "openvla")
 # keys of the flat ``env`` section before it was split per environment -> the sections that took them
 # (old recipes get an error naming the new key; old checkpoints' config.yaml is migrated on load)
 MOVED_ENV_KEYS: dict[str, tuple[str, ...]] = {
@@ -186,9 +187,20 @@ class LiberoEnvConfig:
     """Camera rendered into the image observation (``agentview`` or ``robot0_eye_in_hand``)."""
     settle_steps: int = 10
     """No-op steps after each reset while the objects settle (OpenVLA's LIBERO evaluation waits 10)."""
+    protocol: str = "raw"
+    """``raw`` (the camera picture at ``env.image_size``, the gripper action as decoded) or ``openvla`` (the OpenVLA
+    paper's evaluation: rendered at ``render_size``, JPEG round trip, Lanczos resize to ``env.image_size``, centre
+    crop of 0.9 of the area resized back; the gripper mapped [0, 1] -> [-1, 1], binarised and inverted)."""
+    render_size: int = 256
+    """``protocol: openvla``: the side the camera renders at before the resize (OpenVLA renders LIBERO at 256)."""
 
     def problems(self, env: EnvConfig) -> list[str]:
-        return [f"env.libero.settle_steps must be >= 0, got {self.settle_steps}"] if self.settle_steps < 0 else []
+        out = [f"env.libero.settle_steps must be >= 0, got {self.settle_steps}"] if self.settle_steps < 0 else []
+        if self.protocol not in LIBERO_PROTOCOLS:
+            out.append(_not_one_of("env.libero.protocol", self.protocol, LIBERO_PROTOCOLS))
+        if self.render_size < 1:
+            out.append(f"env.libero.render_size must be >= 1, got {self.render_size}")
+        return out
 
 
 @dataclass

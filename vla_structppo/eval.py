@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .checkpoints import layout, load_agent, resolve, run_dir_of
+from .checkpoints import layout, load_agent, load_pretrained_agent, pretrained_model, resolve, run_dir_of
 from .config import ConfigError, EnvConfig, TrainConfig, merge_settings
 from .envs import NoExpertError, make_env, take_obs
 
@@ -167,6 +167,8 @@ def evaluate_policy(agent: Agent | None, env_cfg: EnvConfig, *, num_episodes: in
                 raise ValueError(f"env {env_cfg.id!r} does not autoreset on the same step (the env contract)")
             if expert and not envs.has_expert:
                 raise NoExpertError(f"env.id={env_cfg.id!r} has no scripted expert; set eval.expert=false")
+            if agent is not None and agent.action_coding is not None:
+                envs.set_coding(agent.action_coding)  # the policy's bins, decoded as it means them
             if agent is not None and not expert:
                 _check_obs_width(agent, envs)
                 agent.eval()
@@ -301,16 +303,28 @@ def run_eval(cfg: TrainConfig, env_settings: Mapping[str, Any] | None = None,
 
     The env is the checkpoint's, with ``env_settings`` — every ``env`` key the recipe or the command line
     set, as a nested mapping — applied on top: a bare ``eval.checkpoint=…`` evaluates where the checkpoint
-    was trained, and any key given explicitly wins, even when it names a default value."""
+    was trained, and any key given explicitly wins, even when it names a default value.
+
+    ``eval.checkpoint`` may also be a pretrained VLA (a downloaded model dir or a Hub id such as
+    ``openvla/openvla-7b-finetuned-libero-spatial``): it is evaluated as released, on the recipe's env with
+    the recipe's model settings, and results go to ``<output_dir>/pretrained-<model name>/eval``."""
     e = cfg.eval
     if not e.checkpoint:
-        raise ConfigError("eval needs a checkpoint: eval.checkpoint=runs/<name> (a run dir, a checkpoint dir or "
-                          "hf://org/name)")
+        raise ConfigError("eval needs a checkpoint: eval.checkpoint=runs/<name> (a run dir, a checkpoint dir, "
+                          "hf://org/name, or a pretrained model dir / Hub id)")
     t0 = time.perf_counter()
-    where = resolve(e.checkpoint)
-    agent, trained = load_agent(where, device=cfg.device)
+    released = pretrained_model(e.checkpoint)
+    if released is not None:
+        # a released model: the recipe describes its env and settings; results go to their own dir so the
+        # recipe's run dir stays free for the fine-tuning run
+        agent, trained = load_pretrained_agent(cfg, released, device=cfg.device)
+        where: Path | None = None
+        out = Path(cfg.output_dir) / f"pretrained-{Path(released).name}"
+    else:
+        where = resolve(e.checkpoint)
+        agent, trained = load_agent(where, device=cfg.device)
+        out = run_dir_of(where) or cfg.run_dir
     env_cfg = merge_settings(trained.env, env_settings or {}, "env")
-    out = run_dir_of(where) or cfg.run_dir
     eval_dir = out / layout.EVAL
     video_dir = eval_dir / layout.VIDEOS
     _clean_videos(video_dir)
@@ -331,7 +345,7 @@ def run_eval(cfg: TrainConfig, env_settings: Mapping[str, Any] | None = None,
         r = evaluate_policy(None, env_cfg, **common, expert=True, video_prefix="expert")
         compare["expert"] = {"checkpoint": None, **r}
     results: dict[str, Any] = {
-        "checkpoint": str(e.checkpoint), "checkpoint_dir": str(where), "env": _env_dict(env_cfg, e.num_envs),
+        "checkpoint": str(e.checkpoint), "checkpoint_dir": str(where or released), "env": _env_dict(env_cfg, e.num_envs),
         "deterministic": e.deterministic, "temperature": e.temperature, "seed": e.seed,
         "num_episodes": e.num_episodes, "num_envs": e.num_envs, "tasks": main["tasks"], "overall": main["overall"],
         "videos": [f"videos/{v}" for v in main["videos"]],

@@ -5,13 +5,21 @@ Layered above ``policies/`` and ``envs/`` and below ``train/``, ``eval.py`` and 
 """
 
 from . import layout
-from .agent_io import build_agent, build_vla_policy, load_agent, preflight_vla, save_agent
+from .agent_io import (
+    build_agent,
+    build_vla_policy,
+    load_agent,
+    load_pretrained_agent,
+    preflight_vla,
+    save_agent,
+)
 from .locate import (
     HF_SCHEME,
     HubError,
     base_model_of,
     download,
     parse_hf_uri,
+    pretrained_model,
     read_config,
     resolve,
     run_dir_of,
@@ -22,6 +30,7 @@ from .store import CheckpointError, list_checkpoints, load_module, save_module, 
 
 __all__ = [
     "HF_SCHEME", "CheckpointError", "HubError", "base_model_of", "build_agent", "build_vla_policy", "download",
-    "layout", "list_checkpoints", "load_agent", "load_module", "parse_hf_uri", "preflight_vla", "read_config", "resolve",
+    "layout", "list_checkpoints", "load_agent", "load_module", "load_pretrained_agent", "parse_hf_uri", "preflight_vla",
+    "pretrained_model", "read_config", "resolve",
     "run_dir_of", "save_agent", "save_module", "torch_load", "validate_repo_id", "verify", "write_atomic_dir",
 ]

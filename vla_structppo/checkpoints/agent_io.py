@@ -5,6 +5,8 @@
   its base model from :func:`~vla_structppo.checkpoints.locate.base_model_of`; head files present in
   the checkpoint load strictly. The VLA preflight runs once, before any weights load.
 * :func:`load_agent` — a checkpoint's agent and config (evaluation, ``predict``), ``overrides`` applied.
+* :func:`load_pretrained_agent` — a released VLA (model dir or Hub id) with the recipe's policy settings and
+  fresh heads: what ``eval`` measures before any fine-tuning here.
 * :func:`save_agent` — policy + heads + ``config.yaml`` into a directory (the caller makes it atomic).
 """
 
@@ -25,7 +27,8 @@ from .layout import ACTION_TOKENIZER, CONFIG, HEAD_FILES, POLICY_WEIGHTS, PROCES
 from .locate import base_model_of, read_config, resolve, verify
 from .store import CheckpointError, load_module, save_module
 
-__all__ = ["build_agent", "build_vla_policy", "load_agent", "preflight_vla", "save_agent", "vla_sources"]
+__all__ = ["build_agent", "build_vla_policy", "load_agent", "load_pretrained_agent", "preflight_vla", "save_agent",
+           "vla_sources"]
 
 
 # -- the VLA ----------------------------------------------------------------------------------------
@@ -160,6 +163,25 @@ def load_agent(checkpoint: str | Path, overrides: Sequence[str] = (), *, device:
     cfg = dataclasses.replace(cfg, resume=None)
     with _rng_untouched():  # building modules draws initial weights (then overwritten)
         agent = build_agent(cfg, start_from=where)
+    agent.to(_device(device or cfg.device))
+    agent.eval()
+    return agent, cfg
+
+
+def load_pretrained_agent(cfg: TrainConfig, model: str, *, device: str | None = None
+                          ) -> tuple[Agent, TrainConfig]:
+    """A pretrained VLA ``model`` (local dir or Hub id) as an agent in eval mode, built with ``cfg``'s policy
+    and model settings (``model.unnorm_key``, ``model.dtype`` …) and fresh heads, and that config. Greedy and
+    sampled actions come from the model alone, so evaluating it measures the released checkpoint."""
+    from ..config import ConfigError
+
+    if cfg.policy.type != "vla":
+        raise ConfigError(f"{model!r} is a pretrained model, which needs policy.type=vla (the recipe has "
+                          f"{cfg.policy.type!r}); a state policy is evaluated from a checkpoint of this toolkit")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model, tiny_arch=None),
+                              init_from=None, resume=None)
+    with _rng_untouched():
+        agent = build_agent(cfg)
     agent.to(_device(device or cfg.device))
     agent.eval()
     return agent, cfg

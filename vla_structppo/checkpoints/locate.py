@@ -28,8 +28,8 @@ from .layout import (
 )
 from .store import CheckpointError, list_checkpoints
 
-__all__ = ["HF_SCHEME", "REPO_PART", "HubError", "base_model_of", "download", "parse_hf_uri", "read_config", "resolve",
-           "run_dir_of", "validate_repo_id", "verify"]
+__all__ = ["HF_SCHEME", "REPO_PART", "HubError", "base_model_of", "download", "parse_hf_uri", "pretrained_model",
+           "read_config", "resolve", "run_dir_of", "validate_repo_id", "verify"]
 
 HF_SCHEME = "hf://"
 # org/name, each part as the Hub allows (letters, digits, - _ .; no leading/trailing - or ., no '--' or '..')
@@ -132,6 +132,24 @@ def resolve(path: str | os.PathLike) -> Path:
                               "yet, or this checkpoint was damaged")
     raise CheckpointError(f"{p} is neither a checkpoint dir ({CONFIG} + policy weights) nor a run dir with "
                           f"{CHECKPOINTS}/")
+
+
+def pretrained_model(name: str | os.PathLike) -> str | None:
+    """``name`` when it is a pretrained model rather than a vla-structppo checkpoint, else None.
+
+    A pretrained model is a local model dir (``config.json``, no ``config.yaml`` and no ``checkpoints/``:
+    e.g. a ``huggingface-cli download openvla/openvla-7b-finetuned-libero-spatial`` snapshot) or a Hub id
+    ``org/name`` that is not a local path. Evaluating one measures the released model as it is."""
+    text = str(name)
+    if text.startswith(HF_SCHEME):
+        return None
+    p = Path(text).expanduser()
+    if p.is_dir():
+        own = (p / CONFIG).is_file() or (p / CHECKPOINTS).is_dir()
+        return text if (p / "config.json").is_file() and not own else None
+    first = Path(text).parts[0] if Path(text).parts else ""
+    looks_local = text.startswith(("/", ".", "~")) or Path(first).is_dir()
+    return text if not looks_local and _REPO_ID.match(text) else None
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..bins import BinGrid
 from ..config import EnvConfig, TrainConfig
 from ..envs import StructuredTaskVectorEnv, make_env, tasks_of
 from .demos import DemoDatasetError
@@ -107,14 +106,13 @@ def record_demos(cfg: TrainConfig, progress: bool = True) -> datasets.Dataset:
             env.close()
             raise DemoDatasetError(f"env.id={cfg.env.id!r} has no scripted expert; record demonstrations another "
                                    "way (or convert a dataset) and point sft.dataset at them")
-        grid = BinGrid(*env.action_bounds, cfg.env.num_bins)
         try:
             obs, _ = env.reset(seed=cfg.demos.seed)
             running: list[list[tuple]] = [[] for _ in range(n_envs)]
             done_here = 0
             while done_here < n_episodes:
                 bins = np.asarray(env.expert_bins(), np.int64)
-                actions = grid.decode(bins)  # what the env executes
+                actions = env.decode(bins)  # what the env executes
                 for i in range(n_envs):
                     state = obs["state"][i].copy() if base.state_obs else None
                     running[i].append((obs["image"][i].copy(), str(obs["instruction"][i]), actions[i], state))

@@ -16,7 +16,9 @@ An env is a gymnasium vector env of ``num_envs`` copies (docs/environments.md#th
   can do both; the step after a done is a reset and is masked out of training).
 * ``task_labels``: the task of every env (``[N]`` str) — multi-task envs (MT10, a LIBERO suite) give
   each env's own task, so evaluations report one row per task.
-* ``action_bounds``: ``(low [D], high [D])`` of the continuous actions the bins decode to.
+* ``action_bounds``: ``(low [D], high [D])`` of the continuous actions the bins decode to;
+  ``decode(bins)``: those actions; ``set_coding(coding)``: decode with a policy's own coding instead (a
+  VLA's action tokenizer, e.g. OpenVLA's; the structured task's bins are its moves and ignore it).
 * ``has_expert`` / ``expert_bins()``: a scripted expert's bins for the current state (demos, eval).
 * ``get_state()`` / ``set_state()``: everything needed to continue bit-exactly (checkpoints), or
   ``get_state() -> None`` when the simulator cannot save its state (resumed runs start fresh episodes).
@@ -60,6 +62,10 @@ class BinVectorEnv(Protocol):
     @property
     def action_bounds(self) -> tuple[list[float], list[float]]: ...
 
+    def decode(self, bins: np.ndarray) -> np.ndarray: ...
+
+    def set_coding(self, coding: Any) -> None: ...
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]: ...
 
     def step(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]: ...
@@ -98,6 +104,13 @@ class EpisodeTracker:
     def reset(self) -> None:
         self.returns[:] = 0.0
         self.lengths[:] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": self.returns.copy(), "lengths": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns[:] = np.asarray(state["returns"])
+        self.lengths[:] = np.asarray(state["lengths"])
 
     def step(self, reward: np.ndarray, done: np.ndarray, info: dict[str, Any]) -> None:
         """Count one step; on ``done`` rows write ``episode_return`` / ``episode_length`` / ``_episode``

@@ -9,7 +9,8 @@ seeded reset -- the states LIBERO's own evaluation uses, in order, independent o
 has no other randomness once a state is set).
 
 Observation: the ``env.libero.camera`` picture at ``cfg.image_size`` (rendered upside down by MuJoCo,
-flipped upright here as OpenVLA does), the task's language instruction and, with ``state_obs``, the
+flipped upright here as OpenVLA does; with ``env.libero.protocol: openvla`` rendered at ``render_size`` and
+prepared exactly as OpenVLA's LIBERO evaluation prepares it -- envs/openvla_protocol.py), the task's language instruction and, with ``state_obs``, the
 robot's end-effector position, quaternion and gripper joints (9 floats). Actions are 7 bins per step
 decoded on the bin grid of LIBERO's OSC_POSE bounds ``[-1, 1]^7`` (xyz, axis-angle rotation, gripper:
 -1 open, +1 close). Reward is 1 on a success step (LIBERO's own sparse reward); ``info["success"]`` is
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..config import EnvConfig
 from .contract import EnvError, SimulatorMissingError
+from .openvla_protocol import check_exact_jpeg, libero_gripper, openvla_libero_image
 from .sim import SimVectorEnv, image_obs_space, make_vector
 
 __all__ = ["LIBERO_SUITES", "LiberoTaskEnv", "libero_suite_tasks", "make_libero_env"]
@@ -89,12 +91,17 @@ class LiberoTaskEnv(gym.Env):
     def __init__(self, suite: str, task_id: int, image_size: int = 128, max_episode_steps: int = 300,
                  terminate_on_success: bool = True, observation: str = "image", state_obs: bool = False,
                  init_slot: int = 0, init_stride: int = 1, settle_steps: int = 10,
-                 camera: str = "agentview") -> None:
+                 camera: str = "agentview", protocol: str = "raw", render_size: int = 256) -> None:
         benchmark, get_libero_path, env_cls = _import_libero()
         import torch
 
         if suite not in LIBERO_SUITES:
             raise EnvError(f"unknown LIBERO suite {suite!r}; valid: {list(LIBERO_SUITES)}")
+        if protocol not in ("raw", "openvla"):
+            raise EnvError(f"protocol must be 'raw' or 'openvla', got {protocol!r}")
+        if protocol == "openvla":
+            check_exact_jpeg()
+        self.protocol = protocol
         bench = benchmark.get_benchmark_dict()[suite]()
         task = bench.get_task(task_id % bench.n_tasks)
         self.task_name, self.instruction = task.name, task.language
@@ -105,7 +112,9 @@ class LiberoTaskEnv(gym.Env):
         # hard_reset=False: reset reuses the MuJoCo model (0.25 s instead of ~2 s); the init state is set
         # right after, so nothing of the previous episode survives
         self.camera = camera
-        self.sim = env_cls(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size,
+        # the OpenVLA protocol renders larger and resizes the way its training data was resized
+        rendered = render_size if protocol == "openvla" else image_size
+        self.sim = env_cls(bddl_file_name=bddl, camera_heights=rendered, camera_widths=rendered,
                            camera_names=[camera], hard_reset=False)
         low, high = (np.asarray(b, np.float32) for b in self.sim.env.action_spec)
         self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
@@ -129,8 +138,11 @@ class LiberoTaskEnv(gym.Env):
         return 9 + int(np.asarray(raw["object-state"]).size)
 
     def _image(self) -> np.ndarray:
+        raw = np.asarray(self._raw[f"{self.camera}_image"], np.uint8)
+        if self.protocol == "openvla":  # rotation, JPEG, lanczos resize, centre crop (openvla_protocol.py)
+            return openvla_libero_image(raw, self.image_size)
         # MuJoCo's offscreen buffer is bottom-up and this camera mirrored: rotate by 180 degrees
-        return np.ascontiguousarray(self._raw[f"{self.camera}_image"][::-1, ::-1]).astype(np.uint8)
+        return np.ascontiguousarray(raw[::-1, ::-1])
 
     def _obs(self) -> Any:
         raw = self._raw
@@ -160,7 +172,10 @@ class LiberoTaskEnv(gym.Env):
         return self._obs(), {"init_state": k}
 
     def step(self, action):
-        self._raw, _, _, _ = self.sim.step(np.asarray(action, np.float64).reshape(-1))
+        action = np.asarray(action, np.float64).reshape(-1)
+        if self.protocol == "openvla":  # the RLDS gripper (0 close, 1 open) -> LIBERO's (-1 open, +1 close)
+            action = libero_gripper(action)
+        self._raw, _, _, _ = self.sim.step(action)
         self._t += 1
         success = bool(self.sim.check_success())
         terminated = success and self.terminate_on_success
@@ -189,6 +204,8 @@ def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
         raise EnvError(f"env.task must be a LIBERO suite {list(LIBERO_SUITES)}, got {cfg.task!r}")
     if cfg.action_dims != 7:
         raise EnvError(f"LIBERO's OSC_POSE controller takes 7-d actions; env.action_dims is {cfg.action_dims}")
+    if cfg.libero.protocol == "openvla":
+        check_exact_jpeg()  # before any simulator starts
     tasks = libero_suite_tasks(suite)
     n_tasks = len(tasks)
     factories = []
@@ -199,8 +216,18 @@ def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
             _make_libero_task, suite=suite, task_id=task, image_size=cfg.image_size,
             max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
             observation=cfg.observation, state_obs=cfg.state_obs, init_slot=j // n_tasks, init_stride=stride,
-            settle_steps=cfg.libero.settle_steps, camera=cfg.libero.camera))
+            settle_steps=cfg.libero.settle_steps, camera=cfg.libero.camera, protocol=cfg.libero.protocol,
+            render_size=cfg.libero.render_size))
     env_tasks = [tasks[j % n_tasks] for j in range(num_envs)]
-    return SimVectorEnv(make_vector(factories, cfg.vector_mode), LIBERO_ACTION_BOUNDS, cfg.num_bins,
+    try:
+        inner = make_vector(factories, cfg.vector_mode)
+    except RuntimeError as err:
+        if "observation spaces are not equivalent" not in str(err):
+            raise
+        # libero_10 / libero_90: object-state width differs between tasks (e.g. 121 vs 37 floats)
+        raise EnvError(f"the tasks of {suite} have object states of different sizes, so observation=state cannot "
+                       "batch them: use observation=image (state_obs=true adds the 9 robot floats, the same for "
+                       "every task), or fewer envs than it takes to mix tasks of different sizes") from None
+    return SimVectorEnv(inner, LIBERO_ACTION_BOUNDS, cfg.num_bins,
                         task_labels=[name for name, _ in env_tasks], instructions=[lang for _, lang in env_tasks],
                         has_expert=False, seed=seed)

@@ -19,8 +19,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from ..bins import BinGrid
-from .contract import EpisodeTracker, NoExpertError
+from ..bins import BinCoding, BinGrid
+from .contract import EnvError, EpisodeTracker, NoExpertError
 
 __all__ = ["SimVectorEnv", "image_obs_space", "make_vector"]
 
@@ -57,6 +57,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         if len(task_labels) != self.num_envs or len(instructions) != self.num_envs:
             raise ValueError(f"need one task label and instruction per env ({self.num_envs})")
         self.grid = BinGrid(bounds[0], bounds[1], num_bins)
+        self.coding: BinCoding = self.grid  # how bins become actions: the grid, until a policy brings its own
         self.task_labels = [str(t) for t in task_labels]
         self.instructions = np.array([str(s) for s in instructions])
         self.has_expert = has_expert
@@ -77,9 +78,17 @@ class SimVectorEnv(gym.vector.VectorEnv):
     def action_bounds(self) -> tuple[list[float], list[float]]:
         return self.grid.low.tolist(), self.grid.high.tolist()
 
+    def set_coding(self, coding: BinCoding) -> None:
+        """Decode bins (and encode the expert's actions) with a policy's own coding, e.g. OpenVLA's bin centres
+        and dataset statistics, instead of the uniform grid over the simulator's bounds."""
+        if coding.action_dims != self.grid.action_dims or coding.num_bins != self.grid.num_bins:
+            raise EnvError(f"the policy codes {coding.action_dims} dims x {coding.num_bins} bins; this env takes "
+                           f"{self.grid.action_dims} x {self.grid.num_bins} (env.action_dims, env.num_bins)")
+        self.coding = coding
+
     def decode(self, bins: np.ndarray) -> np.ndarray:
         """Bins ``[..., D]`` -> the continuous actions the simulator executes."""
-        return self.grid.decode(bins)
+        return self.coding.decode(bins)
 
     # -- gymnasium API ----------------------------------------------------------------------------
     def _wrap(self, obs: Any) -> Any:
@@ -134,7 +143,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         if not self.has_expert:
             raise NoExpertError("this environment has no scripted expert: record demonstrations another way "
                                 "(or convert a dataset) and point sft.dataset at them")
-        return self.grid.encode(np.stack(self._inner.call("expert_action")))
+        return self.coding.encode(np.stack(self._inner.call("expert_action")))
 
     def get_state(self) -> None:
         """Simulator states are not saved: a resumed run starts fresh episodes."""

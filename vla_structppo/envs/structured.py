@@ -154,6 +154,13 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         D, move = self.spec.action_dims, self.spec.move
         return [-move] * D, [move] * D
 
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """The continuous moves bins stand for (the env contract's name for :meth:`moves`)."""
+        return self.moves(bins)
+
+    def set_coding(self, coding: object) -> None:
+        """A policy's action coding plays no part here: this task's bins are its own moves."""
+
     def expert_bins(self) -> np.ndarray:
         """The exact expert's bins ``int [N, D]`` for every env's current state (:func:`optimal_bins`)."""
         return optimal_bins(self.spec, self._err, np.maximum(self.spec.horizon - self._t, 1))

@@ -123,6 +123,8 @@ class ActionTokenizer:
                 raise ActionTokenizerError(f"the checkpoint has action statistics of several datasets: set "
                                            f"model.unnorm_key to one of {sorted(norm_stats)}")
             unnorm_key = next(iter(norm_stats))
+        if unnorm_key not in norm_stats and f"{unnorm_key}_no_noops" in norm_stats:
+            unnorm_key = f"{unnorm_key}_no_noops"  # as OpenVLA's LIBERO evaluation looks the suite up
         if unnorm_key not in norm_stats:
             raise ActionTokenizerError(f"model.unnorm_key={unnorm_key!r} is not in the checkpoint's norm_stats; "
                                        f"available: {sorted(norm_stats)}")

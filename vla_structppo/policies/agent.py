@@ -65,6 +65,13 @@ class Agent(nn.Module):
         return cls(policy, value, head, value_stop_gradient=cfg.policy.value_stop_gradient)
 
     @property
+    def action_coding(self) -> Any:
+        """How the policy's bins become continuous actions (a VLA's action tokenizer), or None (the MLPs act in the
+        env's own bins)."""
+        tokenizer = getattr(self.policy, "action_tokenizer", None)
+        return tokenizer.coding if tokenizer is not None else None
+
+    @property
     def is_vla(self) -> bool:
         """A vision-language policy (its weights are an adapter or a transformers model, not one file)."""
         return getattr(self.policy, "action_tokenizer", None) is not None

@@ -145,6 +145,8 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
     envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
     obs_space = envs.single_observation_space
     agent = build_agent(cfg, obs_dim=None if cfg.policy.type == "vla" else obs_space.shape[0], start_from=start)
+    if agent.action_coding is not None:
+        envs.set_coding(agent.action_coding)  # the env executes what the policy's tokens mean
     # the run is known to start (envs made, model loaded): only now is its dir written
     if lock is not None:
         run_in_dir(cfg, lock)
