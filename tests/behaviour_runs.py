@@ -173,8 +173,12 @@ def main() -> None:
     parser.add_argument("--out", help="write the numbers to this JSON file")
     parser.add_argument("--compare", help="compare with this recorded JSON file")
     parser.add_argument("--exact", action="store_true", help="floats bit-identical, weight hashes equal")
-    parser.add_argument("--workdir", default="runs/behaviour", help="where the runs go")
+    parser.add_argument("--workdir", default="runs/behaviour",
+                        help="where the runs go (the script's scratch dir: emptied first)")
     args = parser.parse_args()
+    import shutil
+
+    shutil.rmtree(args.workdir, ignore_errors=True)  # run dirs are never reused, so a second call needs a clean one
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
