@@ -25,6 +25,8 @@ from .errors import UserError
 
 __all__ = [
     "ENV_IDS",
+    "VALUE_NETWORKS",
+    "GymEnvConfig",
     "MOVED_ENV_KEYS",
     "ConfigError",
     "CreditConfig",
@@ -55,9 +57,10 @@ __all__ = [
 
 # Choices, kept here (not imported from algo/ or envs/, which import torch / gymnasium);
 # tests/test_config.py checks they equal the ones the code implements.
-ENV_IDS = ("structured", "metaworld", "libero", "maniskill")
+ENV_IDS = ("structured", "metaworld", "libero", "maniskill", "gym")
 VECTOR_MODES = ("sync", "async")
 POLICY_TYPES = ("mlp", "ar_mlp", "vla")
+VALUE_NETWORKS = ("shared", "separate")
 OBSERVATIONS = ("state", "image")
 ACTION_TOKEN_MODES = ("auto", "last_k", "add", "openvla")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -215,14 +218,52 @@ class ManiSkillEnvConfig:
 
 
 @dataclass
+class GymEnvConfig:
+    """``env.id: gym``: any gymnasium continuous-control env (``env.task: HalfCheetah-v5`` …) as D x K bins
+    (envs/gym_control.py; the MuJoCo envs need the ``mujoco`` extra). Normalisation as CleanRL's continuous PPO."""
+
+    time_limit: Optional[int] = None  # noqa: UP045
+    """Episode length cap; null = the env's registered limit (1000 for the MuJoCo locomotion tasks, 100 for
+    Pusher). ``env.max_episode_steps`` does not apply to this env."""
+    normalize_obs: bool = True
+    """Normalise observations by running mean / std (clipped to +-``clip_obs``); the statistics are saved in
+    checkpoints, continue on resume and are used frozen by eval."""
+    normalize_reward: bool = True
+    """Divide rewards by the running std of the discounted return (clipped to +-``clip_reward``). Episode
+    returns in the metrics stay raw."""
+    clip_obs: float = 10.0
+    """Normalised observations are clipped to [-clip_obs, clip_obs]."""
+    clip_reward: float = 10.0
+    """Scaled rewards are clipped to [-clip_reward, clip_reward]."""
+    reward_gamma: Optional[float] = None  # noqa: UP045
+    """Discount of the return whose std scales the rewards; null = ``ppo.gamma`` (filled in when loading)."""
+
+    def problems(self, env: EnvConfig) -> list[str]:
+        out = []
+        if self.time_limit is not None and self.time_limit < 1:
+            out.append(f"env.gym.time_limit must be >= 1 (or null: the env's own), got {self.time_limit}")
+        for key, value in (("clip_obs", self.clip_obs), ("clip_reward", self.clip_reward)):
+            if not value > 0:
+                out.append(f"env.gym.{key} must be > 0, got {value}")
+        if self.reward_gamma is not None and not 0.0 < self.reward_gamma <= 1.0:
+            out.append(f"env.gym.reward_gamma must lie in (0, 1], got {self.reward_gamma}")
+        if env.observation != "state":
+            out.append("env.id=gym gives state vectors: set env.observation=state")
+        if env.max_episode_steps != EnvConfig.max_episode_steps:
+            out.append("env.max_episode_steps does not apply to env.id=gym: set env.gym.time_limit")
+        return out
+
+
+@dataclass
 class EnvConfig:
     id: str = "structured"
     """Environment: ``structured`` (a task of known per-dim / pairwise structure), ``metaworld``, ``libero`` or
-    ``maniskill`` (robot simulators; see ``task``). Settings of one environment live in its own section
+    ``maniskill`` (robot simulators; see ``task``), or ``gym`` (a gymnasium continuous-control env as bins). Settings of one environment live in its own section
     (``env.structured.*``, ``env.metaworld.*`` ...)."""
     task: str = ""
     """Simulator task: MetaWorld ``reach-v3`` (MT1) or ``MT10`` / ``MT50``; LIBERO suite (``libero_spatial``,
-    ``libero_object``, ``libero_goal``, ``libero_10``, ``libero_90``); ManiSkill3 env id (``PickCube-v1`` ...)."""
+    ``libero_object``, ``libero_goal``, ``libero_10``, ``libero_90``); ManiSkill3 env id (``PickCube-v1`` ...);
+    gymnasium id for ``gym`` (``HalfCheetah-v5``, ``Pusher-v5``, ``InvertedPendulum-v5`` ...)."""
     num_envs: int = 16
     """Parallel envs in total; each of the N processes steps ``num_envs / N`` of them."""
     action_dims: int = 7
@@ -246,6 +287,7 @@ class EnvConfig:
     metaworld: MetaWorldEnvConfig = field(default_factory=MetaWorldEnvConfig)
     libero: LiberoEnvConfig = field(default_factory=LiberoEnvConfig)
     maniskill: ManiSkillEnvConfig = field(default_factory=ManiSkillEnvConfig)
+    gym: GymEnvConfig = field(default_factory=GymEnvConfig)
 
     def section(self) -> Any:
         """The settings of ``id`` (``env.<id>``)."""
@@ -253,8 +295,17 @@ class EnvConfig:
 
     @property
     def episode_limit(self) -> int:
-        """The most steps an episode can take (the structured task's horizon, else ``max_episode_steps``)."""
-        return self.structured.horizon if self.id == "structured" else self.max_episode_steps
+        """The most steps an episode can take (the structured task's horizon, a gymnasium env's time limit, else
+        ``max_episode_steps``)."""
+        if self.id == "structured":
+            return self.structured.horizon
+        if self.id == "gym":
+            if self.gym.time_limit is not None:
+                return self.gym.time_limit
+            import gymnasium
+
+            return int(gymnasium.spec(self.task).max_episode_steps or 1000)
+        return self.max_episode_steps
 
     def problems(self) -> list[str]:
         if self.id not in ENV_IDS:
@@ -270,7 +321,8 @@ class EnvConfig:
         if self.vector_mode not in VECTOR_MODES:
             out.append(_not_one_of("env.vector_mode", self.vector_mode, VECTOR_MODES))
         if self.id != "structured" and not self.task:
-            out.append(f"env.id={self.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1)")
+            out.append(f"env.id={self.id!r} needs env.task (e.g. reach-v3, libero_spatial, PickCube-v1, "
+                       "HalfCheetah-v5)")
         # one section per environment: settings of another one would silently do nothing
         for other in ENV_IDS:
             if other != self.id and getattr(self, other) != type(getattr(self, other))():
@@ -292,6 +344,12 @@ class PolicyConfig:
     value_stop_gradient: bool = False
     """Detach the state feature for the value head: the value loss never moves the policy's backbone
     (keeps a cloned VLA intact while a fresh value head learns the return scale)."""
+    value_network: str = "shared"
+    """``shared``: the value head reads the policy's state feature; ``separate`` (state policies): a critic of
+    its own on the observation, ``num_layers`` x ``value_hidden_size`` tanh (CleanRL's continuous PPO)."""
+    orthogonal_init: bool = False
+    """State policies: CleanRL's initialisation (orthogonal, gain sqrt 2 for hidden layers, 0.01 for the policy
+    logits, 1 for the separate critic's output) instead of PyTorch's default."""
 
 
 @dataclass
@@ -560,6 +618,10 @@ class TrainConfig:
             problems.extend(f"{key} must be >= {low}, got {value}" for key, value, low in pairs if value < low)
 
         choice("policy.type", self.policy.type, POLICY_TYPES)
+        choice("policy.value_network", self.policy.value_network, VALUE_NETWORKS)
+        if self.policy.value_network == "separate" and self.policy.type == "vla":
+            problems.append("policy.value_network=separate is for state policies; a VLA's value head reads its "
+                            "state feature (policy.value_network=shared)")
         choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
@@ -743,7 +805,14 @@ def load_config(recipe: str | os.PathLike | None = None, overrides: list[str] | 
         cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise ConfigError(f"incomplete config: {str(err).splitlines()[0]}") from None
-    return cfg.validate()
+    return _fill_defaults(cfg.validate())
+
+
+def _fill_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Defaults that follow another key, written out so the resolved config.yaml shows the value used."""
+    if cfg.env.id == "gym" and cfg.env.gym.reward_gamma is None:
+        cfg.env.gym.reward_gamma = cfg.ppo.gamma
+    return cfg
 
 
 def _merge_overrides(merged: DictConfig, overrides: list[str] | tuple[str, ...], source: str) -> DictConfig:

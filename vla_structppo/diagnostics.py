@@ -10,7 +10,7 @@ import torch
 
 from .algo.heads import HeadOutput
 
-__all__ = ["credit_summary", "explained_variance", "plot_credit", "plot_learning_curve"]
+__all__ = ["credit_summary", "explained_variance", "plot_credit", "plot_learning_curve", "variance_shares"]
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -19,6 +19,27 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     if var <= 0:
         return float("nan")
     return float(1.0 - torch.var((target - pred).double()) / var)
+
+
+def variance_shares(head: HeadOutput, advantages: torch.Tensor) -> dict[str, float]:
+    """How the head splits the variance of the GAE advantage ``Â`` over a batch, each as a share of Var[Â]:
+
+    * ``credit/action_variance_share`` — Var of the action terms ``Σ_i u~_i + Σ_{i<j} p~_ij``: the most an
+      action-dependent baseline (counterfactual credit) can take out of the actor's advantage; a state
+      baseline (the value function) already removes the state part, and nothing removes the rest;
+    * ``credit/state_variance_share`` — Var of ``b(s)``;
+    * ``credit/residual_variance_share`` — Var[Â − Aφ]: what the head does not explain (with long horizons,
+      the noise of future rewards — Tucker et al.'s reason action-dependent baselines gain little there).
+
+    nan when Â is constant over the batch."""
+    target = advantages.detach().double()
+    var = torch.var(target) if target.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    names = ("credit/action_variance_share", "credit/state_variance_share", "credit/residual_variance_share")
+    if var <= 0:
+        return dict.fromkeys(names, float("nan"))
+    action = head.per_dim.detach().double().sum(-1) + head.pair.detach().double().sum((-1, -2))
+    parts = (action, head.shared.detach().double(), target - head.total.detach().double())
+    return {name: float(torch.var(part) / var) for name, part in zip(names, parts, strict=True)}
 
 
 def credit_summary(head: HeadOutput) -> tuple[dict[str, float], np.ndarray, np.ndarray]:

@@ -167,8 +167,8 @@ def evaluate_policy(agent: Agent | None, env_cfg: EnvConfig, *, num_episodes: in
                 raise ValueError(f"env {env_cfg.id!r} does not autoreset on the same step (the env contract)")
             if expert and not envs.has_expert:
                 raise NoExpertError(f"env.id={env_cfg.id!r} has no scripted expert; set eval.expert=false")
-            if agent is not None and agent.action_coding is not None:
-                envs.set_coding(agent.action_coding)  # the policy's bins, decoded as it means them
+            if agent is not None:  # its bins decoded as it means them, observations as it saw them
+                agent.configure_env(envs, evaluation=True)
             if agent is not None and not expert:
                 _check_obs_width(agent, envs)
                 agent.eval()

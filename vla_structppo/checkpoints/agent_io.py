@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,19 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, apply_overrides, to_yaml
+from ..files import check_json
 from ..policies.agent import Agent, build_state_policy
 from ..policies.mlp import FIRST_LAYER
-from .layout import ACTION_TOKENIZER, CONFIG, HEAD_FILES, POLICY_WEIGHTS, PROCESSOR, README, checkpoint_kind
+from .layout import (
+    ACTION_TOKENIZER,
+    CONFIG,
+    ENV_NORMALIZATION,
+    HEAD_FILES,
+    POLICY_WEIGHTS,
+    PROCESSOR,
+    README,
+    checkpoint_kind,
+)
 from .locate import base_model_of, read_config, resolve, verify
 from .store import CheckpointError, load_module, save_module
 
@@ -120,6 +131,8 @@ def build_agent(cfg: TrainConfig, *, obs_dim: int | None = None, start_from: Pat
             path = start_from / HEAD_FILES[attr]
             if path.is_file():
                 _load(module, path, cfg, start_from)
+        if (start_from / ENV_NORMALIZATION).is_file():
+            agent.env_normalization = check_json(start_from / ENV_NORMALIZATION)
     return agent
 
 
@@ -217,6 +230,8 @@ def save_agent(agent: Agent | nn.Module, directory: Path, cfg: TrainConfig) -> N
     if isinstance(agent, Agent):
         for attr, module in agent.heads().items():
             save_module(module, directory / HEAD_FILES[attr])
+        if agent.env_normalization is not None:
+            (directory / ENV_NORMALIZATION).write_text(json.dumps(agent.env_normalization, indent=1))
     (directory / CONFIG).write_text(to_yaml(cfg))
 
 

@@ -11,7 +11,8 @@
 A checkpoint holds ``config.yaml`` and the policy's weights — ``policy.safetensors`` (MLP policies), a
 peft adapter (``adapter_model.safetensors`` + ``adapter_config.json``) or a fully fine-tuned
 transformers model (``config.json`` + ``model.safetensors``), the VLA's ``action_tokenizer.json`` and
-processor — then the heads (``value_head.safetensors``, ``advantage_head.safetensors``) and, to resume
+processor — then the heads (``value_head.safetensors``, ``advantage_head.safetensors``), for a normalised
+env its statistics (``env_normalization.json``) and, to resume
 exactly, ``trainer_state.pt`` and one ``rank_<r>.pt`` per process.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 from ..policies.action_tokenizer import FILE_NAME as ACTION_TOKENIZER
 
 __all__ = [
-    "ACTION_TOKENIZER", "ADAPTER_FILES", "CHECKPOINTS", "COMMAND", "CONFIG", "EVAL", "FULL_MODEL_FILES",
+    "ACTION_TOKENIZER", "ADAPTER_FILES", "CHECKPOINTS", "COMMAND", "CONFIG", "ENV_NORMALIZATION", "EVAL",
+    "FULL_MODEL_FILES",
     "HEAD_FILES", "LAST", "METRICS", "PLOTS", "POLICY_WEIGHTS", "PROCESSOR", "README", "RESULTS_JSON",
     "RESULTS_MD", "RESUME_ONLY", "TB", "TRAINER_STATE", "VIDEOS", "checkpoint_kind", "is_resume_only",
     "policy_files", "rank_state",
@@ -49,6 +51,7 @@ FULL_MODEL_FILES = ("config.json", "model.safetensors")
 PROCESSOR = "processor_config.json"
 README = "README.md"
 HEAD_FILES = {"value_head": "value_head.safetensors", "adv_head": "advantage_head.safetensors"}
+ENV_NORMALIZATION = "env_normalization.json"  # observation / reward statistics of a normalised env (env.id=gym)
 TRAINER_STATE = "trainer_state.pt"
 _RANK_STATE = re.compile(r"^rank_\d+\.pt$")
 # resume-only state (optimizer moments, RNG, rollout buffers): not needed to load the model

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import EnvConfig
 from .contract import EnvError, SimulatorMissingError
+from .headless_gl import use_headless_gl
 from .openvla_protocol import check_exact_jpeg, libero_gripper, openvla_libero_image
 from .sim import SimVectorEnv, image_obs_space, make_vector
 
@@ -49,9 +50,7 @@ _STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 
 def _import_libero():
     """``libero.libero`` and its env class, with a config file and a headless GL set up first."""
-    # MuJoCo picks its GL backend at import; EGL (Mesa llvmpipe) works headless, OSMesa is the fallback
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    use_headless_gl()  # before robosuite imports mujoco (envs/headless_gl.py); OSMesa is the fallback
     import importlib.util
 
     spec = importlib.util.find_spec("libero")

@@ -38,6 +38,7 @@ import numpy as np
 from ..config import EnvConfig
 from ..errors import UserError
 from .contract import EnvError, SimulatorMissingError
+from .headless_gl import use_headless_gl
 from .mesh_lod import simplify_meshes
 from .sim import SimVectorEnv, image_obs_space, make_vector
 
@@ -130,8 +131,7 @@ def instruction_for(task: str) -> str:
 
 
 def _import_metaworld():
-    # MuJoCo picks its GL backend when first imported; EGL renders headless with Mesa's llvmpipe
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    use_headless_gl()  # before mujoco is imported (envs/headless_gl.py)
     try:
         import metaworld
         import metaworld.env_dict  # noqa: F401

@@ -49,6 +49,12 @@ def _maniskill(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
     return make_maniskill_env(cfg, num_envs, seed)
 
 
+def _gym(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+    from .gym_control import make_gym_env
+
+    return make_gym_env(cfg, num_envs, seed)
+
+
 def _metaworld_tasks(cfg: EnvConfig) -> list[str]:
     from .metaworld import resolve_tasks
 
@@ -62,12 +68,12 @@ def _libero_tasks(cfg: EnvConfig) -> list[str]:
 
 
 ENVS: dict[str, Callable[[EnvConfig, int, int], Any]] = {
-    "structured": _structured, "metaworld": _metaworld, "libero": _libero, "maniskill": _maniskill,
+    "structured": _structured, "metaworld": _metaworld, "libero": _libero, "maniskill": _maniskill, "gym": _gym,
 }
 # what env.task names: one task, or a benchmark of several (MT10, a LIBERO suite)
 TASKS: dict[str, Callable[[EnvConfig], list[str]]] = {
     "structured": lambda cfg: ["structured"], "metaworld": _metaworld_tasks, "libero": _libero_tasks,
-    "maniskill": lambda cfg: [cfg.task],
+    "maniskill": lambda cfg: [cfg.task], "gym": lambda cfg: [cfg.task],
 }
 assert tuple(ENVS) == tuple(TASKS) == ENV_IDS  # config.py lists the ids without importing this module
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..algo.heads import HeadOutput, StructuredAdvantageHead, ValueHead
 from ..config import TrainConfig
-from .mlp import AutoregressiveMLPPolicy, MLPPolicy
+from .mlp import AutoregressiveMLPPolicy, MLPPolicy, ObservationCritic, orthogonal_init
 
 __all__ = ["Agent", "AgentOutput", "STATE_POLICIES", "build_state_policy"]
 
@@ -26,7 +26,10 @@ STATE_POLICIES: dict[str, type[nn.Module]] = {"mlp": MLPPolicy, "ar_mlp": Autore
 def build_state_policy(cfg: TrainConfig, obs_dim: int) -> nn.Module:
     """The configured MLP policy for observations of width ``obs_dim``."""
     cls = STATE_POLICIES[cfg.policy.type]
-    return cls(obs_dim, cfg.env.action_dims, cfg.env.num_bins, cfg.policy.hidden_size, cfg.policy.num_layers)
+    policy = cls(obs_dim, cfg.env.action_dims, cfg.env.num_bins, cfg.policy.hidden_size, cfg.policy.num_layers)
+    if cfg.policy.orthogonal_init:
+        orthogonal_init(policy)
+    return policy
 
 
 @dataclass
@@ -40,18 +43,27 @@ class AgentOutput:
 
 
 class Agent(nn.Module):
-    def __init__(self, policy: nn.Module, value_head: ValueHead, adv_head: StructuredAdvantageHead | None,
-                 value_stop_gradient: bool = False):
+    def __init__(self, policy: nn.Module, value_head: ValueHead | ObservationCritic,
+                 adv_head: StructuredAdvantageHead | None, value_stop_gradient: bool = False):
         super().__init__()
         self.policy = policy
         self.value_head = value_head
         self.adv_head = adv_head
         self.value_stop_gradient = value_stop_gradient
+        # a separate critic reads the (prepared) observation, the shared value head the policy's feature
+        self.value_reads_obs = isinstance(value_head, ObservationCritic)
+        # observation-normalisation statistics of the env it was trained on (envs/normalize.py), or None;
+        # loaded from / saved to checkpoints beside the weights, applied frozen by eval
+        self.env_normalization: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, policy: nn.Module) -> Agent:
         """``policy`` with fresh value and (when ``head.enabled``) structured advantage heads."""
-        value = ValueHead(policy.feature_dim, cfg.policy.value_hidden_size)
+        if cfg.policy.value_network == "separate":
+            value: ValueHead | ObservationCritic = ObservationCritic(
+                policy.obs_dim, cfg.policy.value_hidden_size, cfg.policy.num_layers, cfg.policy.orthogonal_init)
+        else:
+            value = ValueHead(policy.feature_dim, cfg.policy.value_hidden_size)
         head = None
         if cfg.head.enabled:
             h = cfg.head
@@ -71,6 +83,18 @@ class Agent(nn.Module):
         tokenizer = getattr(self.policy, "action_tokenizer", None)
         return tokenizer.coding if tokenizer is not None else None
 
+    def configure_env(self, envs: Any, *, evaluation: bool) -> None:
+        """Make ``envs`` execute what this agent means: a VLA's bins decoded with its own coding, observations
+        normalised with the statistics it was trained under (frozen for ``evaluation``; training from a
+        checkpoint continues them)."""
+        if self.action_coding is not None:
+            envs.set_coding(self.action_coding)
+        if self.env_normalization is not None:
+            if not hasattr(envs, "load_normalization"):
+                raise ValueError("this policy was trained on normalised observations, but the env normalises "
+                                 "nothing: evaluate it on the env it was trained on (env.id=gym)")
+            envs.load_normalization(self.env_normalization, frozen=evaluation)
+
     @property
     def is_vla(self) -> bool:
         """A vision-language policy (its weights are an adapter or a transformers model, not one file)."""
@@ -88,6 +112,10 @@ class Agent(nn.Module):
     def autoregressive(self) -> bool:
         return bool(self.policy.autoregressive)
 
+    def value(self, inputs: Any, features: torch.Tensor) -> torch.Tensor:
+        """``V(s) [B]`` for prepared policy ``inputs`` whose state feature is ``features``."""
+        return self.value_head(inputs if self.value_reads_obs else features)
+
     def forward(self, obs: Any, actions: torch.Tensor, centering_weights: torch.Tensor | None = None,
                 value_stop_gradient: bool | None = None) -> AgentOutput:
         """Teacher-forced pass over ``actions [B, D]``: log-probs, entropies, value and head terms.
@@ -98,7 +126,7 @@ class Agent(nn.Module):
         """
         ev = self.policy.evaluate(obs, actions)
         detach = self.value_stop_gradient if value_stop_gradient is None else value_stop_gradient
-        value = self.value_head(ev.features.detach() if detach else ev.features)
+        value = self.value(obs, ev.features.detach() if detach else ev.features)
         head = None
         if self.adv_head is not None:
             w = ev.bin_probs if centering_weights is None else centering_weights

@@ -11,7 +11,7 @@ from torch import nn
 
 from .base import ActOutput, EvalOutput, StateInputsMixin, categorical_stats
 
-__all__ = ["FIRST_LAYER", "AutoregressiveMLPPolicy", "MLPPolicy"]
+__all__ = ["FIRST_LAYER", "AutoregressiveMLPPolicy", "MLPPolicy", "ObservationCritic", "orthogonal_init"]
 
 # the first trunk layer of both policies: its weight is ``[hidden, obs_dim]`` (a checkpoint's input width)
 FIRST_LAYER = "trunk.0.weight"
@@ -24,6 +24,42 @@ def _trunk(obs_dim: int, hidden: int, layers: int) -> nn.Sequential:
         mods += [nn.Linear(dim, hidden), nn.Tanh()]
         dim = hidden
     return nn.Sequential(*mods)
+
+
+def _orthogonal(layer: nn.Linear, gain: float) -> None:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+
+
+def orthogonal_init(policy: nn.Module) -> None:
+    """CleanRL's initialisation of a state policy: orthogonal trunk layers (gain sqrt 2), policy output 0.01."""
+    for layer in policy.trunk:
+        if isinstance(layer, nn.Linear):
+            _orthogonal(layer, 2**0.5)
+    if isinstance(policy, MLPPolicy):
+        _orthogonal(policy.logits, 0.01)
+    else:  # the autoregressive output maps are per-dim parameters [D, H, K]
+        for i in range(policy.out_weight.shape[0]):
+            nn.init.orthogonal_(policy.out_weight.data[i], 0.01)
+        nn.init.zeros_(policy.out_bias)
+
+
+class ObservationCritic(nn.Module):
+    """``V(s)`` from the observation itself (``policy.value_network: separate``), CleanRL's critic: a tanh
+    MLP of ``num_layers`` x ``hidden_size``; with ``orthogonal`` its init (gain sqrt 2, output 1)."""
+
+    def __init__(self, obs_dim: int, hidden_size: int = 64, num_layers: int = 2, orthogonal: bool = False) -> None:
+        super().__init__()
+        self.trunk = _trunk(obs_dim, hidden_size, num_layers)
+        self.out = nn.Linear(hidden_size, 1)
+        if orthogonal:
+            for layer in self.trunk:
+                if isinstance(layer, nn.Linear):
+                    _orthogonal(layer, 2**0.5)
+            _orthogonal(self.out, 1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.trunk(obs)).squeeze(-1)  # [B]
 
 
 def _as_tensor(obs, device: torch.device) -> torch.Tensor:

@@ -41,7 +41,13 @@ from ..checkpoints.locate import read_config, run_dir_of, verify
 from ..checkpoints.rundir import RunLock, resumed_config, run_in_dir
 from ..checkpoints.store import CheckpointError, prune, staging_dirs, start_dir, to_torch_tree
 from ..config import ConfigError, TrainConfig, to_yaml
-from ..diagnostics import credit_summary, explained_variance, plot_credit, plot_learning_curve
+from ..diagnostics import (
+    credit_summary,
+    explained_variance,
+    plot_credit,
+    plot_learning_curve,
+    variance_shares,
+)
 from ..envs import make_env
 from ..errors import UserError
 from ..eval import evaluate_during_training
@@ -145,8 +151,8 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
     envs = make_env(cfg.env, cfg.env.num_envs // world, seed=env_seed)
     obs_space = envs.single_observation_space
     agent = build_agent(cfg, obs_dim=None if cfg.policy.type == "vla" else obs_space.shape[0], start_from=start)
-    if agent.action_coding is not None:
-        envs.set_coding(agent.action_coding)  # the env executes what the policy's tokens mean
+    # the env executes what the policy's tokens mean; from a checkpoint, observation statistics continue
+    agent.configure_env(envs, evaluation=False)
     # the run is known to start (envs made, model loaded): only now is its dir written
     if lock is not None:
         run_in_dir(cfg, lock)
@@ -458,6 +464,7 @@ def _rollout_metrics(rollout: Rollout, batch: dict, head_out, accelerator: Accel
         out["credit/explained_variance_head"] = explained_variance(head_out.total[valid], batch["advantages"][valid])
         scalars, _, _ = credit_summary(_select(head_out, valid))
         out.update(scalars)
+        out.update(variance_shares(_select(head_out, valid), batch["advantages"][valid]))
     return out
 
 
@@ -490,6 +497,8 @@ def _save_checkpoint(accelerator: Accelerator, core: Agent, optimizer, cfg: Trai
         start_dir(tmp)
     accelerator.wait_for_everyone()
     env_state = envs.get_state()
+    if hasattr(envs, "normalization_state"):  # saved beside the weights: eval and init_from need it
+        core.env_normalization = envs.normalization_state()
     rank_state = {
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),

@@ -71,8 +71,8 @@ def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -
     out = torch.zeros(len(truncated), device=device)
     if truncated.any() and "final_obs" in info:
         idx = np.nonzero(truncated)[0]
-        feats = agent.policy.encode(agent.policy.prepare(take_obs(info["final_obs"], idx)))
-        out[torch.as_tensor(idx, device=device)] = agent.value_head(feats).float()
+        inputs = agent.policy.prepare(take_obs(info["final_obs"], idx))
+        out[torch.as_tensor(idx, device=device)] = agent.value(inputs, agent.policy.encode(inputs)).float()
     return out
 
 
@@ -88,7 +88,7 @@ def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, dev
     for _ in range(T):
         obs_t = policy.prepare(state.obs)
         out = policy.act(obs_t)
-        value = agent.value_head(out.features).float()
+        value = agent.value(obs_t, out.features).float()
         next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         valid = ~state.resetting if next_step else np.ones(N, bool)
@@ -111,7 +111,8 @@ def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, dev
         state.obs = next_obs if isinstance(next_obs, dict) else np.asarray(next_obs)
         state.resetting = terminated | truncated if next_step else np.zeros(N, bool)
 
-    next_value = agent.value_head(policy.encode(policy.prepare(state.obs))).float()
+    next_inputs = policy.prepare(state.obs)
+    next_value = agent.value(next_inputs, policy.encode(next_inputs)).float()
     values = torch.stack(buf["values"])
     final_values = torch.stack(buf["final_values"])
     if next_step:
