@@ -57,14 +57,19 @@ if ! pycheck "import importlib.metadata as m; m.version('vla-structppo')"; then
     log "installing the project (editable) with numpy<2"
     "${PIP[@]}" -e "$REPO[dev,libero]" "numpy<2" torch==2.13.0
 fi
+if ! pycheck "import pyarrow, datasets"; then  # a venv made before the pins: demos need numpy-1 builds
+    log "installing datasets<5 and pyarrow<22 (numpy<2 builds)"
+    "${PIP[@]}" "datasets<5" "pyarrow<22" "numpy<2"
+fi
 if ! pycheck "import simplejpeg"; then  # env.libero.protocol=openvla (TF-exact JPEG decoding)
     log "installing simplejpeg"
     "${PIP[@]}" "simplejpeg>=1.8" "numpy<2"
 fi
 
 # -- 3. LIBERO and its pinned deps ---------------------------------------------------------------------
+# datasets<5 / pyarrow<22: the newest ones need numpy 2, which LIBERO's pins exclude (SFT reads demos with them)
 DEPS=(robosuite==1.4.0 bddl==1.0.1 mujoco==3.3.0 "numpy<2" opencv-python==4.10.0.84 future easydict pyyaml
-      termcolor tqdm h5py imageio matplotlib cloudpickle gymnasium packaging torch==2.13.0)
+      termcolor tqdm h5py imageio matplotlib cloudpickle gymnasium packaging torch==2.13.0 "datasets<5" "pyarrow<22")
 if ! pycheck "import importlib.metadata as m; m.version('libero'); m.version('robosuite'); m.version('bddl')"; then
     log "installing libero 0.1.1 (--no-deps) and its pinned deps"
     "${PIP[@]}" "${DEPS[@]}"

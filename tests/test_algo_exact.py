@@ -324,3 +324,37 @@ def test_exact_gradient_variance_per_mode(capsys):
     assert rows["counterfactual"][0] <= rows["joint"][0]
     assert rows["counterfactual"][0] < 0.5 * rows["joint"][0]  # other dims' noise is removed
     assert rows["joint"][1] < 1e-6 and rows["counterfactual"][1] < 1e-4
+
+
+# -- the fitted baseline scale (credit.baseline_scale: fitted) ---------------------------------------------
+@pytest.mark.parametrize("policy_cls", [IndependentPolicy, AutoregressivePolicy])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.7])
+def test_a_scaled_counterfactual_baseline_stays_unbiased(policy_cls, beta):
+    """Any constant times the baseline is still a baseline without a^i: the exact expected gradient is the
+    true one (a batch-fitted scale is such a constant for every sample, up to O(1/B))."""
+    R, _, _ = reward_table()
+    policy = policy_cls()
+    true_pg = expected_gradient(policy, R[:, None].expand(-1, D))
+    head_out = head_on_all_actions(random_head("policy"), policy)
+    c = counterfactual_baseline(head_out, autoregressive=policy.autoregressive)
+    got = expected_gradient(policy, R[:, None].float() - beta * c)
+    assert torch.allclose(got, true_pg, atol=1e-4)
+
+
+def test_fitted_scale_never_adds_variance_and_keeps_a_good_baseline():
+    from vla_structppo.algo import baseline_scale
+
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(4096, generator=g, dtype=torch.float64)
+    good = (0.8 * adv + 0.1 * torch.randn(4096, generator=g, dtype=torch.float64))[:, None]  # tracks A_hat
+    noise = 3.0 * torch.randn(4096, 1, generator=g, dtype=torch.float64)  # a head that explains nothing
+    anti = -adv[:, None]  # anti-correlated: subtracting it would double the variance
+    c = torch.cat([good, noise, anti], dim=1)
+    beta = baseline_scale(adv, c)
+    assert 0.9 < beta[0] <= 1.0 and beta[1] < 0.05 and beta[2] == 0.0
+    var = torch.var(adv[:, None] - beta * c, dim=0)
+    assert torch.all(var <= torch.var(adv) + 1e-12)
+    assert torch.var(adv - c[:, 1]) > 5 * torch.var(adv)  # unscaled, the useless head adds much noise
+    mask = torch.zeros(4096, dtype=torch.bool)
+    mask[:100] = True  # only valid rows count
+    assert torch.allclose(baseline_scale(adv, c, mask), baseline_scale(adv[:100], c[:100]))

@@ -181,3 +181,69 @@ def test_libero_10_state_observations_of_different_sizes_fail_clearly() -> None:
     cfg = EnvConfig(id="libero", task="libero_10", num_bins=K, max_episode_steps=3, observation="state")
     with pytest.raises(EnvError, match="object states of different sizes"):
         make_libero_env(cfg, 3, seed=0)
+
+
+def _record_libero_hdf5(path, demos: int = 2, steps: int = 8) -> None:
+    """Demonstrations from the real LIBERO env written in the benchmark's HDF5 layout: ``data/demo_<i>/actions``
+    and ``obs/agentview_rgb`` (the raw offscreen buffer, bottom row first, as the released files store it),
+    ``data.attrs["problem_info"]`` with the language instruction. Scripted actions with exact no-ops at the start,
+    as teleoperated demos have."""
+    import json
+
+    import h5py
+
+    from vla_structppo.envs.libero import LiberoTaskEnv
+
+    env = LiberoTaskEnv("libero_spatial", 0, image_size=64, max_episode_steps=steps + 5, settle_steps=0)
+    try:
+        with h5py.File(path, "w") as f:
+            data = f.create_group("data")
+            data.attrs["problem_info"] = json.dumps({"problem_name": "libero_tabletop_manipulation",
+                                                     "domain_name": "robosuite",
+                                                     "language_instruction": env.instruction})
+            data.attrs["num_demos"] = demos
+            rng = np.random.default_rng(0)
+            for d in range(demos):
+                env.reset(seed=d)
+                actions, images = [], []
+                for t in range(steps):
+                    a = np.zeros(7) if t < 2 else np.clip(rng.normal(0, 0.5, 7), -1, 1)
+                    a[-1] = -1.0 if t < 5 else 1.0
+                    env.step(a)
+                    actions.append(a)
+                    images.append(np.asarray(env._raw["agentview_image"]))
+                g = data.create_group(f"demo_{d}")
+                g.create_dataset("actions", data=np.asarray(actions))
+                g.create_dataset("obs/agentview_rgb", data=np.asarray(images, np.uint8))
+                g.attrs["num_samples"] = steps
+            data.attrs["total"] = demos * steps
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_libero_hdf5_demos_convert_then_sft_ppo_eval(tmp_path) -> None:
+    """LIBERO's own demonstration layout -> OpenVLA preprocessing -> SFT of a tiny VLA -> PPO -> eval, on CPU."""
+    from vla_structppo.cli import main
+    from vla_structppo.data.demos import load_demos
+    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+
+    _record_libero_hdf5(tmp_path / "pick_up_the_black_bowl_demo.hdf5")
+    main(["convert", "libero", str(tmp_path / "pick_up_the_black_bowl_demo.hdf5"), f"out={tmp_path / 'demos'}"])
+    ds, _ = load_demos(tmp_path / "demos")
+    assert len(ds) == 2 * 6  # the first two no-op steps of each demo dropped
+    model = save_tiny_vla("llava", tmp_path / "vla", seed=0)
+    write_action_tokenizer(model, action_dims=7, num_bins=256, bound=1.0)
+    common = ["policy.type=vla", f"model.name_or_path={tmp_path / 'vla'}", "env.id=libero", "env.task=libero_spatial",
+              "env.observation=image", "env.image_size=64", "env.action_dims=7", "env.num_bins=256",
+              "env.num_envs=2", "env.max_episode_steps=4", "env.libero.settle_steps=1", f"output_dir={tmp_path}",
+              "logging.progress_bar=false", "logging.report_to=[none]", "logging.plot_every=0"]
+    main(["sft", *common, "name=sft", f"sft.dataset={tmp_path / 'demos'}", "sft.num_epochs=3", "sft.bounds=model"])
+    main(["train", *common, "name=ppo", f"init_from={tmp_path / 'sft' / 'checkpoints' / 'last'}", "ppo.num_steps=4",
+          "ppo.total_timesteps=8", "ppo.num_minibatches=1"])
+    main(["eval", *common, f"eval.checkpoint={tmp_path / 'ppo'}", "eval.num_episodes=1", "eval.num_envs=2",
+          "eval.videos=0"])
+    import json
+
+    results = json.loads((tmp_path / "ppo" / "eval" / "results.json").read_text())
+    assert results["overall"]["episodes"] == 2 and len(results["tasks"]) == 2

@@ -15,7 +15,7 @@ from typing import NoReturn
 from .config import ConfigError, TrainConfig, explicit_settings, field_docs, load_config, to_yaml
 from .errors import UserError
 
-VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "predict", "config")
+VERBS = ("train", "sft", "demos", "eval", "pipeline", "push", "predict", "convert", "config")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,11 +44,38 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("args", nargs="*", help='image=PATH instruction="..." [model.unnorm_key=KEY] '
                          "[model.dtype=float32|bfloat16] [device=cpu|cuda] ...")
     predict.add_argument("--json", action="store_true", help="print token_ids, bins, logprobs and action as JSON")
+    convert = sub.add_parser("convert", help="convert demonstrations into a dataset sft.dataset reads")
+    convert.add_argument("kind", choices=("libero",), help="libero: the benchmark's HDF5 demos (OpenVLA preprocessing)")
+    convert.add_argument("source", help="a <task>_demo.hdf5 file or a suite dir of them")
+    convert.add_argument("args", nargs="*", help="out=DIR [camera=agentview_rgb] [gripper=raw|openvla] "
+                         "[noops=drop|keep]")
     push = sub.add_parser("push", help="upload a run's checkpoint, eval results and model card to the Hugging Face Hub")
     push.add_argument("run_dir", help="the run dir (its checkpoints/last unless checkpoint=NAME)")
     push.add_argument("args", nargs="*", help="repo_id=org/name [private=true] [revision=BRANCH] [checkpoint=NAME] "
                       "[commit_message=TEXT]; the token comes from HF_TOKEN or `hf auth login`, never the command line")
     return parser
+
+
+def _key_values(args: list[str], allowed: dict[str, str], verb: str) -> dict[str, str]:
+    """``key=value`` arguments of a verb that takes no recipe; unknown keys are named with the valid ones."""
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"{verb}: {arg!r} is not one of {', '.join(f'{k}=' for k in allowed)}")
+        out[key] = value
+    return {**{k: v for k, v in allowed.items() if v}, **out}
+
+
+def _convert(kind: str, source: str, args: list[str]) -> None:
+    from .data.libero_hdf5 import convert_libero_hdf5
+
+    opts = _key_values(args, {"out": "", "camera": "agentview_rgb", "gripper": "raw", "noops": "drop"}, "convert")
+    if not opts.get("out"):
+        raise ConfigError("convert needs out=DIR (the dataset to write; then train with sft.dataset=DIR)")
+    done = convert_libero_hdf5(source, opts["out"], camera=opts["camera"], gripper=opts["gripper"], noops=opts["noops"])
+    print(f"converted {done['episodes']} demos from {done['files']} file(s): {done['kept']} of {done['steps']} steps "
+          f"kept ({done['steps'] - done['kept']} no-ops dropped) -> {done['out']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, command: str) -> None:
     if args.verb == "push":  # a run dir + its own keys, not a recipe + overrides
         _push(args.run_dir, args.args)
+        return
+    if args.verb == "convert":  # a source + its own keys, not a recipe
+        _convert(args.kind, args.source, args.args)
         return
     if args.verb == "predict":  # a model + its inputs, not a recipe
         from .predict import format_action, predict, predict_inputs
@@ -143,10 +173,17 @@ def _train(cfg: TrainConfig, command: str) -> None:
 def _demos(cfg: TrainConfig) -> None:
     if not cfg.sft.dataset:
         raise ConfigError("demos writes to sft.dataset: set sft.dataset=PATH")
-    from .data.demos import save_demos
+    from .data.demos import recording_of, save_demos
     from .data.record import record_demos
 
     ds = record_demos(cfg)
+    if cfg.demos.format == "lerobot":
+        from .data.lerobot import write_lerobot
+
+        path = write_lerobot(ds, cfg.sft.dataset, fps=cfg.demos.fps, recording=recording_of(cfg),
+                             robot_type=f"vla_structppo/{cfg.env.id}")
+        print(f"wrote {len(ds)} expert steps as a LeRobot v3.0 dataset to {path}")
+        return
     path = save_demos(ds, cfg.sft.dataset, cfg)
     print(f"wrote {len(ds)} expert steps to {path}")
 

@@ -25,6 +25,7 @@ from .errors import UserError
 
 __all__ = [
     "ENV_IDS",
+    "TRACKERS",
     "VALUE_NETWORKS",
     "GymEnvConfig",
     "MOVED_ENV_KEYS",
@@ -70,6 +71,8 @@ CENTERINGS = ("policy", "uniform", "none")
 RATIOS = ("joint", "token")
 SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")
+BASELINE_SCALES = ("one", "fitted")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AUTORESET_MODES = ("same_step", "next_step")
@@ -404,7 +407,14 @@ class ModelConfig:
 @dataclass
 class SFTConfig:
     dataset: Optional[str] = None  # noqa: UP045
-    """Demonstrations saved with ``datasets.Dataset.save_to_disk``: ``image``, ``instruction``, ``action``."""
+    """Demonstrations: a dir written by ``vla-structppo demos`` / ``convert`` (``image``, ``instruction``, ``action``),
+    a LeRobot dataset dir (codebase v3.0 or v2.1) or a LeRobot dataset's Hub id (docs/data.md)."""
+    image_key: Optional[str] = None  # noqa: UP045
+    """LeRobot datasets: the camera feature to clone from (null = the first camera in meta/info.json)."""
+    action_key: str = "action"
+    """LeRobot datasets: the action feature."""
+    dataset_revision: Optional[str] = None  # noqa: UP045
+    """LeRobot datasets on the Hub: branch, tag or commit."""
     num_epochs: int = 20
     """Passes over the dataset."""
     batch_size: int = 16
@@ -427,6 +437,11 @@ class DemosConfig:
     """Keep episodes the expert failed (default: only successful ones)."""
     seed: int = 100_000
     """First episode seed of the demonstrations (disjoint from training and evaluation seeds)."""
+    format: str = "datasets"
+    """What ``demos`` writes at ``sft.dataset``: ``datasets`` (this project's format) or ``lerobot`` (a LeRobot
+    v3.0 dataset that LeRobot's tools read; SFT reads both)."""
+    fps: float = 10.0
+    """``format: lerobot``: the frame rate recorded in meta/info.json (timestamps are frame_index / fps)."""
 
 
 @dataclass
@@ -483,6 +498,9 @@ class CreditConfig:
     """shared_local only: ``per_dim`` (each dim its own A_eff) or ``mean`` (the note's scalar form)."""
     ratio: str = "joint"
     """``joint`` importance ratio with per-dim gradient routing, or ``token`` (per-token, a baseline)."""
+    baseline_scale: str = "one"
+    """counterfactual only: subtract the head's baseline as it is (``one``) or scaled per dim by its fitted
+    control-variate coefficient over the batch, clipped to [0, 1] (``fitted``: never adds variance)."""
 
 
 @dataclass
@@ -558,8 +576,17 @@ class LoggingConfig:
     """Newest checkpoints to keep (older ones are deleted)."""
     progress_bar: bool = True
     """Show a progress bar (main process only)."""
-    tensorboard: bool = True
-    """Log to TensorBoard under ``<run>/tb``."""
+    report_to: List[str] = field(default_factory=lambda: ["tensorboard"])  # noqa: UP006
+    """Trackers (TRL's name), through Accelerate: any of ``tensorboard`` (``<run>/tb``), ``wandb``, ``trackio``,
+    ``mlflow``; ``[all]`` = every installed one, ``[none]`` = none. Each gets the scalars, the resolved config as
+    hyper-parameters and the credit plots."""
+    project: str = "vla-structppo"
+    """Project (W&B / trackio project, MLflow experiment) the runs are logged under."""
+    offline: bool = False
+    """Trackers write only to disk: W&B offline mode under ``<run>/wandb`` (``wandb sync`` later), MLflow to
+    ``<run>/mlruns``; trackio and TensorBoard are local anyway."""
+    tensorboard: Optional[bool] = None  # noqa: UP045
+    """Older spelling: ``false`` drops ``tensorboard`` from ``report_to``, ``true`` adds it."""
 
 
 @dataclass
@@ -625,11 +652,21 @@ class TrainConfig:
         choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
+        choice("demos.format", self.demos.format, ("datasets", "lerobot"))
+        if not self.demos.fps > 0:
+            problems.append(f"demos.fps must be > 0, got {self.demos.fps}")
         choice("head.centering", self.head.centering, CENTERINGS)
         choice("credit.mode", self.credit.mode, CREDIT_MODES)
         choice("credit.ratio", self.credit.ratio, RATIOS)
         choice("credit.shared_source", self.credit.shared_source, SHARED_SOURCES)
         choice("credit.surrogate", self.credit.surrogate, SURROGATES)
+        choice("credit.baseline_scale", self.credit.baseline_scale, BASELINE_SCALES)
+        report = list(self.logging.report_to)
+        if any(n in ("all", "none") for n in report) and len(report) > 1:
+            problems.append(f"logging.report_to: 'all' and 'none' stand alone, got {report}")
+        for name in report:
+            if name not in (*TRACKERS, "all", "none"):
+                problems.append(_not_one_of("logging.report_to entry", name, (*TRACKERS, "all", "none")))
         choice("ppo.lr_schedule", self.ppo.lr_schedule, LR_SCHEDULES)
         choice("device", self.device, DEVICES)
         e, p = self.env, self.ppo
@@ -812,6 +849,10 @@ def _fill_defaults(cfg: TrainConfig) -> TrainConfig:
     """Defaults that follow another key, written out so the resolved config.yaml shows the value used."""
     if cfg.env.id == "gym" and cfg.env.gym.reward_gamma is None:
         cfg.env.gym.reward_gamma = cfg.ppo.gamma
+    if cfg.logging.tensorboard is not None:  # the older spelling, folded into report_to
+        names = [n for n in cfg.logging.report_to if n not in ("tensorboard", "none")]
+        cfg.logging.report_to = (["tensorboard"] + names) if cfg.logging.tensorboard else (names or ["none"])
+        cfg.logging.tensorboard = None
     return cfg
 
 
@@ -864,7 +905,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...], so
     """``key.sub=value`` overrides on an existing config (e.g. a checkpoint's), validated."""
     if not overrides:
         return cfg
-    return OmegaConf.to_object(_merge_overrides(OmegaConf.structured(cfg), overrides, source)).validate()  # type: ignore[union-attr]
+    return _fill_defaults(OmegaConf.to_object(_merge_overrides(OmegaConf.structured(cfg), overrides, source)).validate())  # type: ignore[union-attr]
 
 
 def to_yaml(cfg: TrainConfig) -> str:
@@ -876,7 +917,7 @@ def config_from_yaml_text(text: str) -> TrainConfig:
     """Strictly rebuild a config saved by :func:`to_yaml` (checkpoints; older layouts are migrated)."""
     data = _migrate_saved(OmegaConf.create(text))
     _check_keys(data, TrainConfig, "", "saved config")
-    return OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), data, "saved config")).validate()
+    return _fill_defaults(OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), data, "saved config")).validate())  # type: ignore[union-attr]
 
 
 def _migrate_saved(data: DictConfig) -> DictConfig:

@@ -10,7 +10,7 @@ import torch
 
 from .algo.heads import HeadOutput
 
-__all__ = ["credit_summary", "explained_variance", "plot_credit", "plot_learning_curve", "variance_shares"]
+__all__ = ["actor_variance_ratio", "credit_summary", "explained_variance", "plot_credit", "plot_learning_curve", "variance_shares"]
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -19,6 +19,17 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     if var <= 0:
         return float("nan")
     return float(1.0 - torch.var((target - pred).double()) / var)
+
+
+def actor_variance_ratio(credit: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """``mean_i Var[A_i] / Var[Â]`` over the batch, before normalisation: below 1 the credit mode gives the actor
+    less noisy per-dim advantages than joint PPO's ``Â``, above 1 it adds noise (e.g. a badly fitted head)."""
+    if mask is not None:
+        credit, advantages = credit[mask], advantages[mask]
+    var = torch.var(advantages.detach().double()) if advantages.numel() > 1 else torch.zeros(())
+    if var <= 0:
+        return float("nan")
+    return float(torch.var(credit.detach().double(), dim=0).mean() / var)
 
 
 def variance_shares(head: HeadOutput, advantages: torch.Tensor) -> dict[str, float]:

@@ -9,6 +9,7 @@ with the file's path and what is wrong, before anything heavy loads.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -16,7 +17,20 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["CorruptFileError", "check_json", "check_safetensors", "check_torch_file", "hub_reachable"]
+__all__ = ["REPO_PART", "CorruptFileError", "check_json", "check_safetensors", "check_torch_file", "hub_reachable",
+           "is_hub_repo_id"]
+
+# one part of a Hub repo id (org or name), as the Hub allows: letters, digits, - _ .; no leading/trailing - or .
+REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(rf"^{REPO_PART}/{REPO_PART}$")
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """``org/name`` that is not meant as a local path: not absolute / relative / home, and its first part is not a
+    directory here (``runs/typo`` is a path that does not exist, not a Hub id)."""
+    if not _REPO_ID.match(text) or "--" in text or ".." in text or text.startswith(("/", ".", "~")):
+        return False
+    return not Path(text.split("/")[0]).is_dir()
 
 
 class CorruptFileError(UserError, ValueError):

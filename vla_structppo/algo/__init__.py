@@ -1,12 +1,20 @@
 """Pure math of structured-advantage PPO (ALGORITHM.md §2-§7): no transformers, no simulator, no
 Accelerate, only torch."""
 
-from .credit import CREDIT_MODES, HEAD_MODES, counterfactual_baseline, credit_advantages
+from .credit import (
+    BASELINE_SCALES,
+    CREDIT_MODES,
+    HEAD_MODES,
+    baseline_scale,
+    counterfactual_baseline,
+    credit_advantages,
+)
 from .gae import compute_gae
 from .heads import CENTERINGS, HeadOutput, StructuredAdvantageHead, ValueHead
 from .losses import RATIOS, head_loss, normalize_advantages, ppo_policy_loss, value_loss
 
 __all__ = [
+    "BASELINE_SCALES",
     "CENTERINGS",
     "CREDIT_MODES",
     "HEAD_MODES",
@@ -14,6 +22,7 @@ __all__ = [
     "HeadOutput",
     "StructuredAdvantageHead",
     "ValueHead",
+    "baseline_scale",
     "compute_gae",
     "counterfactual_baseline",
     "credit_advantages",

@@ -10,13 +10,38 @@ import torch
 
 from .heads import HeadOutput
 
-__all__ = ["CREDIT_MODES", "HEAD_MODES", "credit_advantages", "counterfactual_baseline"]
+__all__ = ["BASELINE_SCALES", "CREDIT_MODES", "HEAD_MODES", "baseline_scale", "credit_advantages",
+           "counterfactual_baseline"]
 
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
 #: modes that read the structured head (they need ``head.enabled``)
 HEAD_MODES = ("shared_local", "structured", "counterfactual")
 SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")
+#: counterfactual: subtract the head's baseline as it is (``one``) or scaled per dim by its fitted coefficient
+BASELINE_SCALES = ("one", "fitted")
+
+
+def baseline_scale(advantages: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """``beta [D]``: per dim, the control-variate coefficient ``Cov(A_hat, c_i) / Var(c_i)`` over the batch,
+    clipped to [0, 1], so that ``Var(A_hat - beta_i c_i) <= Var(A_hat)`` on the batch whatever the head says.
+
+    A head that explains little (late in training, when the policy has sharpened) gets a small ``beta``
+    and its fitting error stops adding variance; an accurate one keeps ``beta ~ 1``. A constant times a
+    baseline that does not involve ``a^i`` is still such a baseline: the gradient stays unbiased
+    (``beta`` is a batch statistic; its dependence on any one sample is O(1/B)).
+    """
+    adv = advantages.detach().double()
+    c = baseline.detach().double()
+    m = torch.ones_like(adv) if mask is None else mask.to(adv.dtype)
+    n = m.sum().clamp_min(1.0)
+    adv_c = adv - (adv * m).sum() / n
+    c_c = c - (c * m[:, None]).sum(0) / n
+    cov = (adv_c[:, None] * c_c * m[:, None]).sum(0)
+    var = (c_c * c_c * m[:, None]).sum(0)
+    beta = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
+    return beta.clamp(0.0, 1.0).to(baseline.dtype)
 
 
 def counterfactual_baseline(head: HeadOutput, *, autoregressive: bool) -> torch.Tensor:
@@ -48,6 +73,8 @@ def credit_advantages(
     shared_source: str = "gae",
     surrogate: str = "per_dim",
     action_dims: int | None = None,
+    scale: str = "one",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-dim advantages ``A [B, D]`` from the GAE advantage ``advantages [B]``.
 
@@ -60,7 +87,8 @@ def credit_advantages(
       note's literal scalar form, in which the residuals never reach the actor.
     * ``structured``: note idea 2, ``A_i = A_phi(s, a)``.
     * ``counterfactual``: ``A_i = A_hat - c_i`` with :func:`counterfactual_baseline`; an
-      action-dependent baseline, unbiased whatever the head learned.
+      action-dependent baseline, unbiased whatever the head learned. ``scale='fitted'``:
+      ``A_i = A_hat - beta_i c_i`` with :func:`baseline_scale` over the batch (``mask``: valid rows).
 
     ``action_dims`` is needed only for ``joint`` without a head.
     """
@@ -89,4 +117,9 @@ def credit_advantages(
         return eff
     if mode == "structured":
         return head.total[:, None].expand(-1, D).clone()
-    return adv[:, None] - counterfactual_baseline(head, autoregressive=autoregressive)
+    if scale not in BASELINE_SCALES:
+        raise ValueError(f"scale must be one of {BASELINE_SCALES}, got {scale!r}")
+    c = counterfactual_baseline(head, autoregressive=autoregressive)
+    if scale == "fitted":
+        c = c * baseline_scale(adv, c, mask)[None, :]
+    return adv[:, None] - c

@@ -14,6 +14,9 @@ __all__ = ["RATIOS", "head_loss", "normalize_advantages", "ppo_policy_loss", "va
 RATIOS = ("joint", "token")
 
 
+MAX_LOG_RATIO = 20.0
+
+
 def ppo_policy_loss(
     logp_new: torch.Tensor,
     logp_old: torch.Tensor,
@@ -51,9 +54,13 @@ def ppo_policy_loss(
     adv = advantages.detach()
     if ratio == "joint":
         total = dlogp.sum(dim=1, keepdim=True)  # [B, 1]
-        rho = torch.exp(dlogp + (total - dlogp).detach())  # [B, D], value = joint ratio
+        log_rho = dlogp + (total - dlogp).detach()  # [B, D], value = joint log-ratio
     else:
-        rho = torch.exp(dlogp)  # [B, D]
+        log_rho = dlogp  # [B, D]
+    # with many dims a runaway step can push the joint log-ratio past float32's exp range (D=128 at a D=7
+    # learning rate reaches ~200): cap it so the loss stays finite; a capped term has no gradient, like a
+    # clipped one, and nothing changes below ratio e^20
+    rho = torch.exp(log_rho.clamp(max=MAX_LOG_RATIO))
     unclipped = rho * adv
     clipped = torch.clamp(rho, 1.0 - clip_coef, 1.0 + clip_coef) * adv
     per_sample = -torch.min(unclipped, clipped).sum(dim=1)  # [B]

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, config_from_yaml_text
 from ..errors import UserError
-from ..files import CorruptFileError, check_json, check_safetensors, check_torch_file, hub_reachable
+from ..files import (
+    REPO_PART,
+    CorruptFileError,
+    check_json,
+    check_safetensors,
+    check_torch_file,
+    hub_reachable,
+    is_hub_repo_id,
+)
 from .layout import (
     ADAPTER_FILES,
     CHECKPOINTS,
@@ -33,7 +41,6 @@ __all__ = ["HF_SCHEME", "REPO_PART", "HubError", "base_model_of", "download", "p
 
 HF_SCHEME = "hf://"
 # org/name, each part as the Hub allows (letters, digits, - _ .; no leading/trailing - or ., no '--' or '..')
-REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"^{REPO_PART}/{REPO_PART}$")
 
 
@@ -147,9 +154,7 @@ def pretrained_model(name: str | os.PathLike) -> str | None:
     if p.is_dir():
         own = (p / CONFIG).is_file() or (p / CHECKPOINTS).is_dir()
         return text if (p / "config.json").is_file() and not own else None
-    first = Path(text).parts[0] if Path(text).parts else ""
-    looks_local = text.startswith(("/", ".", "~")) or Path(first).is_dir()
-    return text if not looks_local and _REPO_ID.match(text) else None
+    return text if is_hub_repo_id(text) else None
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

@@ -26,8 +26,8 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["ActionStats", "DemoDatasetError", "REQUIRED_COLUMNS", "action_array", "load_demos", "quantile_bounds",
-           "recording_mismatches", "recording_of", "save_demos"]
+__all__ = ["RECORDING_FILE", "REQUIRED_COLUMNS", "STATS_FILE", "ActionStats", "DemoDatasetError", "action_array",
+           "load_demos", "quantile_bounds", "recording_mismatches", "recording_of", "save_demos"]
 
 # the columns behaviour cloning reads; ``episode_index`` and ``success`` are bookkeeping
 REQUIRED_COLUMNS = ("image", "instruction", "action")
@@ -145,13 +145,15 @@ def load_demos(path: str | Path) -> tuple[datasets.Dataset, ActionStats]:
     import datasets
 
     path = Path(path)
-    make = f"make one with `vla-structppo demos RECIPE sft.dataset={path}`"
+    make = (f"make one with `vla-structppo demos RECIPE sft.dataset={path}`, convert one (`vla-structppo convert`) "
+            "or point at a LeRobot dataset (a dir with meta/info.json, or its Hub id)")
     if not path.is_dir():
         raise DemoDatasetError(f"no demonstration dataset at {str(path)!r}; {make}")
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as err:
-        raise DemoDatasetError(f"{path} is not a dataset written by Dataset.save_to_disk ({err}); {make}") from None
+        raise DemoDatasetError(f"{path} is neither a demonstration dataset of this project (Dataset.save_to_disk) nor "
+                               f"a LeRobot dataset ({err}); {make}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DemoDatasetError(f"{path} holds a DatasetDict with splits {list(ds)}; point sft.dataset at one "
                                "split's dir (or save a single Dataset)")

@@ -140,7 +140,8 @@ class LiberoTaskEnv(gym.Env):
         raw = np.asarray(self._raw[f"{self.camera}_image"], np.uint8)
         if self.protocol == "openvla":  # rotation, JPEG, lanczos resize, centre crop (openvla_protocol.py)
             return openvla_libero_image(raw, self.image_size)
-        # MuJoCo's offscreen buffer is bottom-up and this camera mirrored: rotate by 180 degrees
+        # MuJoCo's offscreen buffer is bottom row first; OpenVLA (and its LIBERO training data) turns it by 180
+        # degrees, which is upright but mirrored left-right -- kept so pictures match what such policies saw
         return np.ascontiguousarray(raw[::-1, ::-1])
 
     def _obs(self) -> Any:

@@ -16,8 +16,11 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> 
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    from .trackers import report_to
+
+    trackers = report_to(cfg)  # a tracker asked for but not installed fails here, before anything loads
     return Accelerator(cpu=cpu, gradient_accumulation_steps=gradient_accumulation_steps,
-                       log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=str(cfg.run_dir))
+                       log_with=trackers or None, project_dir=str(cfg.run_dir))
 
 
 def any_rank(accelerator: Accelerator, flag: bool) -> bool:

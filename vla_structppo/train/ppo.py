@@ -42,6 +42,7 @@ from ..checkpoints.rundir import RunLock, resumed_config, run_in_dir
 from ..checkpoints.store import CheckpointError, prune, staging_dirs, start_dir, to_torch_tree
 from ..config import ConfigError, TrainConfig, to_yaml
 from ..diagnostics import (
+    actor_variance_ratio,
     credit_summary,
     explained_variance,
     plot_credit,
@@ -56,6 +57,7 @@ from ..policies.base import select_batch
 from .accel import any_rank, claim, make_accelerator
 from .metrics_log import MetricsLog, read_metrics
 from .rollout import Rollout, RolloutState, collect_rollout
+from .trackers import log_image, start_trackers
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train"]
 
@@ -173,8 +175,7 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
         counters = _load_trainer_state(start, accelerator, core, optimizer, envs, state)
 
     history = MetricsLog(run_dir / layout.METRICS, accelerator.is_main_process, keep_until=counters["update"])
-    if cfg.logging.tensorboard:
-        accelerator.init_trackers("tb")
+    start_trackers(accelerator, cfg, "ppo")
     pbar = _progress(cfg, accelerator, counters["update"])
 
     for update in range(counters["update"] + 1, cfg.num_updates + 1):
@@ -208,8 +209,10 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
         credit = credit_advantages(
             cfg.credit.mode, batch["advantages"], head_out, autoregressive=core.autoregressive,
             shared_source=cfg.credit.shared_source, surrogate=cfg.credit.surrogate,
-            action_dims=cfg.env.action_dims,
+            action_dims=cfg.env.action_dims, scale=cfg.credit.baseline_scale, mask=batch["valid"],
         )  # [B, D]
+        if head_out is not None:
+            metrics["credit/actor_variance_ratio"] = actor_variance_ratio(credit, batch["advantages"], batch["valid"])
         if cfg.ppo.norm_adv:
             credit = normalize_advantages(credit, batch["advantages"], mask=batch["valid"],
                                           all_reduce_sum=_all_reduce_sum(accelerator))
@@ -478,8 +481,7 @@ def _plot(head_out, run_dir: Path, update: int, step: int, accelerator: Accelera
     _, table, heat = credit_summary(head_out)
     image = plot_credit(table, heat, run_dir / layout.PLOTS / f"credit_{update:06d}.png",
                         title=f"{cfg.name}: update {update} ({cfg.credit.mode})")
-    if cfg.logging.tensorboard:
-        accelerator.get_tracker("tensorboard").log_images({"credit/plot": image}, step=step, dataformats="HWC")
+    log_image(accelerator, cfg, "credit/plot", image, step)
 
 
 def _progress(cfg: TrainConfig, accelerator: Accelerator, initial: int):

@@ -28,10 +28,18 @@ from ..checkpoints import build_vla_policy, layout, resolve, save_agent, write_a
 from ..checkpoints.rundir import RunLock, run_in_dir
 from ..checkpoints.store import staging_dirs, start_dir
 from ..config import ConfigError, TrainConfig, to_yaml
-from ..data.demos import ActionStats, DemoDatasetError, action_array, load_demos, recording_mismatches
+from ..data.demos import (
+    ActionStats,
+    DemoDatasetError,
+    action_array,
+    load_demos,
+    recording_mismatches,
+)
+from ..data.sources import resolve_demos
 from ..policies.base import EvalOutput, select_batch
 from .accel import claim, make_accelerator
 from .metrics_log import MetricsLog
+from .trackers import start_trackers
 
 __all__ = ["SFTResult", "sft"]
 
@@ -77,9 +85,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def _load_dataset(cfg: TrainConfig) -> tuple[Any, np.ndarray, ActionStats]:
-    """The (possibly truncated) dataset, its actions ``[N, D]`` and statistics, checked against the env."""
-    ds, stats = load_demos(cfg.sft.dataset)
+def _load_dataset(cfg: TrainConfig, where: Path) -> tuple[Any, np.ndarray, ActionStats]:
+    """The (possibly truncated) dataset at ``where``, its actions ``[N, D]`` and statistics, checked against the env."""
+    ds, stats = load_demos(where)
     if cfg.sft.max_samples and cfg.sft.max_samples < len(ds):
         ds = ds.select(range(cfg.sft.max_samples))
     actions = action_array(ds)
@@ -96,8 +104,10 @@ def _load_dataset(cfg: TrainConfig) -> tuple[Any, np.ndarray, ActionStats]:
 def sft(cfg: TrainConfig) -> SFTResult:
     """Behaviour-clone ``cfg.sft.dataset`` into the VLA of ``cfg.model``; returns run dir, policy, metrics."""
     _check_config(cfg)
-    ds, actions, stats = _load_dataset(cfg)
-    changed = [m for m in recording_mismatches(cfg.sft.dataset, cfg) if m.startswith("env.")]
+    s = cfg.sft
+    where = resolve_demos(s.dataset, image_key=s.image_key, action_key=s.action_key, revision=s.dataset_revision)
+    ds, actions, stats = _load_dataset(cfg, where)
+    changed = [m for m in recording_mismatches(where, cfg) if m.startswith("env.")]
     if changed:
         warnings.warn(f"the demonstrations at {cfg.sft.dataset} were recorded with other env settings than this "
                       f"recipe's ({'; '.join(changed)}): the policy will see other pictures or actions under "
@@ -147,8 +157,7 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
     N, B = len(bins), cfg.sft.batch_size
     steps_per_epoch = (N + B - 1) // B
     log = MetricsLog(run_dir / layout.METRICS, accelerator.is_main_process)  # SFT does not resume
-    if cfg.logging.tensorboard:
-        accelerator.init_trackers("tb")
+    start_trackers(accelerator, cfg, "sft")
     from tqdm.auto import tqdm
 
     pbar = tqdm(total=cfg.sft.num_epochs * steps_per_epoch, desc=f"sft {cfg.name}", unit="step", dynamic_ncols=True,
