@@ -237,3 +237,21 @@ def test_sft_in_two_processes_gives_the_same_adapter_bytes(work, tmp_path):
         digests.append(hashlib.sha256((tmp_path / name / "checkpoints" / "last" / "adapter_model.safetensors")
                                       .read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_per_batch_preprocessing_never_holds_the_whole_dataset(work, monkeypatch):
+    """sft.preprocess=per_batch: pictures go through the processor one minibatch at a time (memory holds one
+    batch, so a dataset larger than memory trains), with the same result as up-front processing."""
+    from vla_structppo.train import sft as sft_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole dataset was processed up front")
+
+    monkeypatch.setattr(sft_module, "_tokenize", refuse)
+    sizes = []
+    real = sft_module._OnDemandInputs.select
+    monkeypatch.setattr(sft_module._OnDemandInputs, "select",
+                        lambda self, idx: (sizes.append(len(idx)), real(self, idx))[1])
+    result = sft(load_config(None, _overrides(work, *FIT, "sft.preprocess=per_batch", "name=per-batch")))
+    assert result.final["sft/final_token_accuracy"] >= 0.95, result.history
+    assert max(sizes) <= 16  # never more than a minibatch

@@ -427,6 +427,10 @@ class SFTConfig:
     """Use only the first n samples (0 = all)."""
     bounds: str = "dataset"
     """Action normalisation bounds: ``dataset`` (q01/q99 of its actions) or ``model`` (the checkpoint's)."""
+    preprocess: str = "auto"
+    """``upfront``: every sample through the processor once, kept in memory (fast epochs); ``per_batch``: each
+    minibatch processed when it is drawn (memory holds one batch: datasets larger than memory); ``auto``:
+    upfront up to 20,000 samples."""
 
 
 @dataclass
@@ -652,6 +656,7 @@ class TrainConfig:
         choice("model.action_tokens", self.model.action_tokens, ACTION_TOKEN_MODES)
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
+        choice("sft.preprocess", self.sft.preprocess, ("auto", "upfront", "per_batch"))
         choice("demos.format", self.demos.format, ("datasets", "lerobot"))
         if not self.demos.fps > 0:
             problems.append(f"demos.fps must be > 0, got {self.demos.fps}")

@@ -45,6 +45,8 @@ __all__ = ["SFTResult", "sft"]
 
 # samples per processor call while tokenising (bounds the memory of one call, not of the result)
 _PREPARE_CHUNK = 64
+# sft.preprocess=auto: up to this many samples are processed once up front (fast epochs); more, per minibatch
+UPFRONT_MAX_SAMPLES = 20_000
 
 
 @dataclass
@@ -143,7 +145,9 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
         (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
     accelerator.wait_for_everyone()
     bins = torch.as_tensor(policy.action_tokenizer.encode(actions), dtype=torch.long)  # [N, D]
-    inputs = _tokenize(policy, ds)
+    # small datasets are processed once; large ones per minibatch from the memory-mapped arrow files
+    per_batch = cfg.sft.preprocess == "per_batch" or (cfg.sft.preprocess == "auto" and len(ds) > UPFRONT_MAX_SAMPLES)
+    inputs = _OnDemandInputs(policy, ds) if per_batch else _tokenize(policy, ds)
     actions_t = torch.as_tensor(actions, dtype=torch.float32)
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -175,7 +179,7 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
                 weight = 0.0
             else:
                 weight = 1.0
-            batch = {k: v.to(accelerator.device) for k, v in select_batch(inputs, idx).items()}
+            batch = {k: v.to(accelerator.device) for k, v in _select(inputs, idx).items()}
             target = bins[idx].to(accelerator.device)
             out = model(batch, target)
             loss = -out.logp.mean()
@@ -237,6 +241,24 @@ def _tokenize(policy: Any, ds: Any) -> dict[str, torch.Tensor]:
     return policy.collate(parts)
 
 
+class _OnDemandInputs:
+    """Policy inputs prepared per minibatch from the dataset (memory-mapped arrow): memory holds one batch of
+    pictures, whatever the dataset's size (``sft.preprocess: per_batch``)."""
+
+    def __init__(self, policy: Any, ds: Any) -> None:
+        self.policy, self.rows = policy, ds.with_format("numpy")
+
+    def select(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        chunk = self.rows[idx.tolist()]
+        images = np.stack([_rgb_uint8(img) for img in chunk["image"]])
+        prepared = self.policy.prepare({"image": images, "instruction": list(chunk["instruction"])})
+        return {k: v.cpu() for k, v in prepared.items()}
+
+
+def _select(inputs: Any, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return inputs.select(idx) if isinstance(inputs, _OnDemandInputs) else select_batch(inputs, idx)
+
+
 def _rgb_uint8(image: Any) -> np.ndarray:
     """One decoded image as uint8 ``[H, W, 3]`` (a grey or RGBA PNG is converted, not rejected)."""
     a = np.asarray(image)
@@ -265,7 +287,7 @@ def _evaluate(policy: Any, inputs: dict[str, torch.Tensor], bins: torch.Tensor, 
     D = bins.shape[1]
     for start in range(rank * batch_size, len(bins), batch_size * world):
         idx = torch.arange(start, min(start + batch_size, len(bins)))
-        batch = {k: v.to(accelerator.device) for k, v in select_batch(inputs, idx).items()}
+        batch = {k: v.to(accelerator.device) for k, v in _select(inputs, idx).items()}
         pred = policy.evaluate(batch, bins[idx].to(accelerator.device)).bin_probs.argmax(-1).cpu()
         sums += torch.tensor([(pred == bins[idx]).sum().item(),
                               (table[pred, torch.arange(D)] - actions[idx]).abs().sum().item(), len(idx) * D],
