@@ -36,6 +36,7 @@ RECIPE = "recipes/gym/mujoco.yaml"
 MODES = {  # label -> overrides
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
+    "counterfactual, fitted scale": ["credit.mode=counterfactual", "credit.baseline_scale=fitted"],
     "joint / token ratio": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token"],
     "structured": ["credit.mode=structured"],
 }
@@ -80,7 +81,8 @@ def run_one(job: tuple[str, str, int, int, str]) -> dict:
     history = train(cfg).history
     wall = time.perf_counter() - t0
     keep = ("charts/global_step", "rollout/ep_return_mean", "rollout/episodes", "credit/action_variance_share",
-            "credit/residual_variance_share", "credit/explained_variance_head", "losses/explained_variance")
+            "credit/residual_variance_share", "credit/state_variance_share", "credit/actor_variance_ratio",
+            "credit/explained_variance_head", "losses/explained_variance", "losses/entropy")
     record = {"task": task, "mode": mode, "seed": seed, "steps": steps, "wall": wall,
               "history": [{k: r[k] for k in keep if k in r} for r in history]}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,8 @@ def run_one(job: tuple[str, str, int, int, str]) -> dict:
 
 
 def result_path(results: str, task: str, mode: str, seed: int, steps: int) -> Path:
-    return Path(results) / f"{task}_{mode.replace(' / ', '-').replace(' ', '_')}_s{seed}_{steps}.json"
+    slug = mode.replace(" / ", "-").replace(", ", "-").replace(" ", "_")
+    return Path(results) / f"{task}_{slug}_s{seed}_{steps}.json"
 
 
 def _episodes(record: dict) -> list[tuple[float, float]]:
@@ -139,9 +142,9 @@ def _mean_metric(record: dict, key: str) -> float:
 
 
 def report(records: list[dict]) -> str:
-    lines = ["| task (D) | mode | seeds | final return (last 100 eps) | whole-run return | counterfactual − joint "
-             "(paired, 95% CI) | action variance share | unexplained share | min/run | SPS | CleanRL Gaussian "
-             "PPO (1M) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task (D) | mode | seeds | final return (last 100 eps) | whole-run return | mode − joint, final "
+             "(paired, 95% CI) | action variance share | unexplained share | actor variance ratio | min/run | SPS | "
+             "CleanRL Gaussian PPO (1M) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     tasks = sorted({r["task"] for r in records}, key=lambda t: FULL["tasks"].index(t) if t in FULL["tasks"] else 99)
     for task in tasks:
         for mode in MODES:
@@ -163,12 +166,15 @@ def report(records: list[dict]) -> str:
             resid = [_mean_metric(r, "credit/residual_variance_share") for r in rs]
             share_s = f"{mean_std(share)[0]:.3f}" if not math.isnan(share[0]) else "—"
             resid_s = f"{mean_std(resid)[0]:.3f}" if not math.isnan(resid[0]) else "—"
+            ratio = [_mean_metric(r, "credit/actor_variance_ratio") for r in rs]
+            ratio_s = f"{mean_std(ratio)[0]:.3f}" if not math.isnan(ratio[0]) else "—"
             wall = mean_std([r["wall"] for r in rs])[0]
             sps = steps / wall
             name = task.split("-")[0]
             ref = CLEANRL_GAUSSIAN.get(name, "") if mode == "joint" and steps >= 1_000_000 else ""
             lines.append(f"| {task} ({action_dims(task)}) | {mode} | {len(rs)} × {steps // 1000}k | {fm:.1f} ± {fs:.1f} | "
-                         f"{wm:.1f} ± {ws:.1f} | {diff} | {share_s} | {resid_s} | {wall / 60:.1f} | {sps:.0f} | {ref} |")
+                         f"{wm:.1f} ± {ws:.1f} | {diff} | {share_s} | {resid_s} | {ratio_s} | {wall / 60:.1f} | {sps:.0f} | "
+                         f"{ref} |")
     return "\n".join(lines)
 
 
