@@ -22,6 +22,7 @@ VARIANTS = {
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
     "counterfactual, fitted scale": ["credit.mode=counterfactual", "credit.baseline_scale=fitted"],
+    "counterfactual, previous head": ["credit.mode=counterfactual", "head.credit_from=previous"],
 }
 TASKS = {"structured": "recipes/structured/counterfactual.yaml", "unstructured": "recipes/structured/unstructured.yaml"}
 LATE = ("credit/explained_variance_head", "credit/actor_variance_ratio", "credit/action_variance_share",
@@ -76,8 +77,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=40_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args()
-    jobs = [(t, v, s, args.budget) for s in range(1, args.seeds + 1) for t in TASKS for v in VARIANTS]
+    jobs = [(t, v, s, args.budget) for s in range(1, args.seeds + 1) for t in TASKS for v in args.variants]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         rows = pool.map(run_one, jobs, chunksize=1)
@@ -86,7 +88,7 @@ def main() -> None:
           "ratio (late) | action share (late) | residual share (late) | entropy (late) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for task in TASKS:
-        for variant in VARIANTS:
+        for variant in args.variants:
             rs = [r for r in rows if r["task"] == task and r["variant"] == variant]
             print(f"| {task} | {variant} | {mean_ci([r['final'] for r in rs])} | {mean_ci([r['greedy_success'] for r in rs])} | "
                   + " | ".join(mean_ci([r[k] for r in rs]) for k in LATE) + " |")

@@ -489,7 +489,12 @@ class HeadConfig:
     stop_gradient: bool = True
     """Detach the state feature so the head never trains the policy trunk."""
     fit_epochs: int = 2
-    """Head-only regression epochs on each fresh batch, before the credit is computed."""
+    """Head-only regression epochs on each fresh batch."""
+    credit_from: str = "fitted"
+    """Which head gives the credit: ``fitted`` (after its regression on this batch; in-sample) or ``previous`` (as
+    it was before seeing the batch, then fitted: its baseline cannot contain the batch's own actions, so
+    counterfactual credit stays unbiased in a finite batch -- a baseline fitted on the samples it is applied to
+    absorbs part of each dim's own effect)."""
 
 
 @dataclass
@@ -666,6 +671,7 @@ class TrainConfig:
         choice("credit.shared_source", self.credit.shared_source, SHARED_SOURCES)
         choice("credit.surrogate", self.credit.surrogate, SURROGATES)
         choice("credit.baseline_scale", self.credit.baseline_scale, BASELINE_SCALES)
+        choice("head.credit_from", self.head.credit_from, ("fitted", "previous"))
         report = list(self.logging.report_to)
         if any(n in ("all", "none") for n in report) and len(report) > 1:
             problems.append(f"logging.report_to: 'all' and 'none' stand alone, got {report}")

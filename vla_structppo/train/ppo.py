@@ -201,11 +201,17 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
         nan_seen = False
         head_out = None
         if core.adv_head is not None:
+            # credit_from=previous: the credit comes from the head before it has seen this batch (out of sample)
+            before = cfg.head.credit_from == "previous"
+            if before:
+                with torch.no_grad():
+                    head_out = core.adv_head(batch["features"], batch["actions"], batch["bin_probs"])
             fit_metrics, fit_nan = _fit_head(core, optimizer, batch, cfg, accelerator)
             metrics.update(fit_metrics)
             nan_seen |= fit_nan
-            with torch.no_grad():
-                head_out = core.adv_head(batch["features"], batch["actions"], batch["bin_probs"])
+            if not before:
+                with torch.no_grad():
+                    head_out = core.adv_head(batch["features"], batch["actions"], batch["bin_probs"])
         credit = credit_advantages(
             cfg.credit.mode, batch["advantages"], head_out, autoregressive=core.autoregressive,
             shared_source=cfg.credit.shared_source, surrogate=cfg.credit.surrogate,
