@@ -37,6 +37,7 @@ MODES = {  # label -> overrides
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
     "counterfactual, fitted scale": ["credit.mode=counterfactual", "credit.baseline_scale=fitted"],
+    "counterfactual, previous head": ["credit.mode=counterfactual", "head.credit_from=previous"],
     "joint / token ratio": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token"],
     "structured": ["credit.mode=structured"],
 }
