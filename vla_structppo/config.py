@@ -490,11 +490,11 @@ class HeadConfig:
     """Detach the state feature so the head never trains the policy trunk."""
     fit_epochs: int = 2
     """Head-only regression epochs on each fresh batch."""
-    credit_from: str = "fitted"
-    """Which head gives the credit: ``fitted`` (after its regression on this batch; in-sample) or ``previous`` (as
-    it was before seeing the batch, then fitted: its baseline cannot contain the batch's own actions, so
-    counterfactual credit stays unbiased in a finite batch -- a baseline fitted on the samples it is applied to
-    absorbs part of each dim's own effect)."""
+    credit_from: str = "previous"
+    """Which head gives the credit: ``previous`` (default: the head as it was before seeing this batch, fitted
+    afterwards -- its baseline cannot contain the batch's own actions, so counterfactual credit stays unbiased in a
+    finite batch) or ``fitted`` (after its regression on this batch, in-sample: it absorbs part of each dim's own
+    effect and overfits noise; what earlier versions did -- the late plateau in docs/benchmarks.md)."""
 
 
 @dataclass
