@@ -358,3 +358,23 @@ def test_fitted_scale_never_adds_variance_and_keeps_a_good_baseline():
     mask = torch.zeros(4096, dtype=torch.bool)
     mask[:100] = True  # only valid rows count
     assert torch.allclose(baseline_scale(adv, c, mask), baseline_scale(adv[:100], c[:100]))
+
+
+# -- advantage normalisation: one rule for every mode ------------------------------------------------------
+def test_normalisation_centres_each_dim_and_scales_by_the_gae_advantage():
+    from vla_structppo.algo import normalize_advantages
+
+    g = torch.Generator().manual_seed(0)
+    adv = 3.0 + 2.0 * torch.randn(512, generator=g, dtype=torch.float64)  # GAE left a mean in A_hat
+    joint = adv[:, None].expand(-1, 4)
+    out = normalize_advantages(joint, adv)
+    assert torch.allclose(out[:, 0], (adv - adv.mean()) / (adv.std() + 1e-8))  # CleanRL's rule
+    # counterfactual-like credit whose baseline already removed the mean: no offset is left on any dim
+    baseline = adv.mean() + 0.5 * torch.randn(512, 4, generator=g, dtype=torch.float64)
+    cf = normalize_advantages(adv[:, None] - baseline, adv)
+    assert torch.allclose(cf.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(cf.std(0), (adv[:, None] - baseline).std(0) / adv.std())  # the same scale as joint
+    mask = torch.zeros(512, dtype=torch.bool)
+    mask[:300] = True  # only valid rows count, and two "ranks" summing their statistics agree with one
+    full = normalize_advantages(joint, adv, mask=mask)
+    assert torch.allclose(full[:300], normalize_advantages(joint[:300], adv[:300]))

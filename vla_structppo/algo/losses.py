@@ -137,15 +137,21 @@ def normalize_advantages(
     eps: float = 1e-8,
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One affine map for every credit mode: ``(A - mean(A_hat)) / std(A_hat)``.
+    """One rule for every credit mode: ``(A_i - mean_B(A_i)) / std(A_hat)``.
 
-    The statistics come from the GAE advantage ``reference [B]`` over the whole batch of every rank
-    (``all_reduce_sum`` sums a tensor across ranks), so the modes differ only in what they credit,
-    never in how much they are scaled. ``credit [B, D]``.
+    The scale is the standard deviation of the GAE advantage ``reference [B]`` over the whole batch of every
+    rank (``all_reduce_sum`` sums a tensor across ranks), so the modes differ only in what they credit, never in
+    how much. Each dim's column is centred on its own batch mean: for ``joint`` that is CleanRL's
+    ``(A - mean) / std``; for a mode whose credit has another mean than ``A_hat`` it removes an offset that
+    would otherwise reinforce (or punish) every taken action alike -- e.g. counterfactual credit, whose
+    baseline already takes out the mean that GAE left in ``A_hat`` (a value function lagging behind the
+    returns: a mean of -2.7 std on Pusher), would otherwise carry a +2.7 std offset. A per-batch constant is a
+    baseline: no bias beyond O(1/B). ``credit [B, D]``.
     """
     ref = reference.detach().double()
+    values = credit.detach().double()
     m = torch.ones_like(ref) if mask is None else mask.to(ref.dtype)
-    stats = torch.stack([(ref * m).sum(), (ref * ref * m).sum(), m.sum()])
+    stats = torch.cat([torch.stack([(ref * m).sum(), (ref * ref * m).sum(), m.sum()]), (values * m[:, None]).sum(0)])
     if all_reduce_sum is not None:
         stats = all_reduce_sum(stats)
     n = stats[2].clamp_min(1.0)
@@ -153,4 +159,5 @@ def normalize_advantages(
     # unbiased variance, as torch.std
     var = ((stats[1] - n * mean**2) / (n - 1.0).clamp_min(1.0)).clamp_min(0.0)
     std = var.sqrt()
-    return ((credit.double() - mean) / (std + eps)).to(credit.dtype)
+    column_mean = stats[3:] / n  # [D]
+    return ((credit.double() - column_mean) / (std + eps)).to(credit.dtype)
