@@ -9,6 +9,7 @@ by ~200 in one update); counterfactual uses a first-order head (the task has no 
 O(D²) per sample). Seeds are paired; the modes differ only in credit.
 
     OMP_NUM_THREADS=1 python benchmarks/credit_dsweep.py --seeds 3 --workers 2 --out docs/img/credit_dsweep.png
+    OMP_NUM_THREADS=1 python benchmarks/credit_dsweep.py --report     # table + figure from every finished run
 
 Metric: env steps until the mean normalised return of 3 consecutive updates reaches 0.9 (runs that never do
 count at the budget, marked censored), per run; counterfactual ÷ joint per seed, geometric mean with a 95%
@@ -169,7 +170,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--results", default="benchmarks/results/credit_dsweep")
     ap.add_argument("--out", default="docs/img/credit_dsweep.png")
+    ap.add_argument("--report", action="store_true",
+                    help="only aggregate every finished run in --results that has these settings (table + figure)")
     args = ap.parse_args()
+    if args.report:
+        records = [r for r in map(json.loads, (p.read_text() for p in sorted(Path(args.results).glob(
+                       f"d*_w{args.hidden}_lr{args.lr}_kl{args.target_kl}_g{args.goals}.json"))))
+                   if r["steps"] == budget(r["dims"], r["horizon"], args.budget_scale)]
+        table, rows = summarise(records)
+        print(table)
+        plot(rows, args.out)
+        print(f"\nfigure: {args.out}")
+        return
     jobs = [(d, h, m, s, budget(d, h, args.budget_scale), args.hidden, args.lr, args.target_kl, args.goals,
              args.results)
             for s in range(1, args.seeds + 1) for h in args.horizons for d in args.dims for m in MODES]

@@ -37,7 +37,8 @@ MODES = {  # label -> overrides
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
     "counterfactual, fitted scale": ["credit.mode=counterfactual", "credit.baseline_scale=fitted"],
-    "counterfactual, previous head": ["credit.mode=counterfactual", "head.credit_from=previous"],
+    # credit from the head after it has fitted the batch it scores (in-sample; the default is the head before)
+    "counterfactual, in-sample head": ["credit.mode=counterfactual", "head.credit_from=fitted"],
     "joint / token ratio": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token"],
     "structured": ["credit.mode=structured"],
 }
@@ -185,6 +186,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+")
     ap.add_argument("--modes", nargs="+", choices=list(MODES))
     ap.add_argument("--seeds", type=int)
+    ap.add_argument("--seed-list", type=int, nargs="+",
+                    help="run exactly these seeds (e.g. to split one tier over two processes); overrides --seeds")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--results", default="benchmarks/results/credit_mujoco")
@@ -193,7 +196,7 @@ def main() -> None:
     tier = FULL if args.full else DEFAULT
     tasks, modes = args.tasks or tier["tasks"], args.modes or tier["modes"]
     seeds, steps = args.seeds or tier["seeds"], args.steps or tier["steps"]
-    jobs = [(t, m, s, steps, args.results) for s in range(1, seeds + 1) for t in tasks for m in modes]
+    jobs = [(t, m, s, steps, args.results) for s in (args.seed_list or range(1, seeds + 1)) for t in tasks for m in modes]
     if args.report:
         records = [json.loads(p.read_text()) for j in jobs if (p := result_path(*j[4:], *j[:3], j[3])).is_file()]
     else:

@@ -22,7 +22,8 @@ VARIANTS = {
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
     "counterfactual, fitted scale": ["credit.mode=counterfactual", "credit.baseline_scale=fitted"],
-    "counterfactual, previous head": ["credit.mode=counterfactual", "head.credit_from=previous"],
+    # credit from the head after it has fitted the batch it scores (the default until head.credit_from=previous)
+    "counterfactual, in-sample head": ["credit.mode=counterfactual", "head.credit_from=fitted"],
 }
 TASKS = {"structured": "recipes/structured/counterfactual.yaml", "unstructured": "recipes/structured/unstructured.yaml"}
 LATE = ("credit/explained_variance_head", "credit/actor_variance_ratio", "credit/action_variance_share",
