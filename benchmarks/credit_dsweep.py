@@ -87,6 +87,12 @@ def samples_to(curve, level: float, limit: int) -> tuple[float, bool]:
     return float(limit), False
 
 
+def final_return(curve) -> float:
+    """Mean normalised return of the last 3 updates: where a run levels off."""
+    tail = curve[-3:]
+    return sum(v for _, v in tail) / len(tail)
+
+
 def geo_ratio(ratios: list[float]) -> tuple[float, float, float]:
     logs = [math.log(r) for r in ratios]
     m = sum(logs) / len(logs)
@@ -99,8 +105,9 @@ def geo_ratio(ratios: list[float]) -> tuple[float, float, float]:
 
 def summarise(records: list[dict]) -> tuple[str, list[dict]]:
     rows, lines = [], ["| D | horizon | budget | joint: steps to 90% (reached) | counterfactual: steps to 90% "
-                       "(reached) | counterfactual ÷ joint (95% CI) | actor variance ratio | action share |",
-                       "|---|---|---|---|---|---|---|---|"]
+                       "(reached) | counterfactual ÷ joint (95% CI) | to 70%: counterfactual ÷ joint (95% CI) | "
+                       "final return: joint / counterfactual | actor variance ratio | action share |",
+                       "|---|---|---|---|---|---|---|---|---|---|"]
     for horizon in HORIZONS:
         for dims in DIMS:
             by = {m: {r["seed"]: r for r in records if r["dims"] == dims and r["horizon"] == horizon
@@ -116,12 +123,18 @@ def summarise(records: list[dict]) -> tuple[str, list[dict]]:
             for m in MODES:
                 xs = [x for x, _ in res[m]]
                 cells.append(f"{sum(xs) / len(xs):,.0f} ({sum(h for _, h in res[m])}/{len(seeds)})")
+            # early speed, apart from where each mode levels off: steps to 70% of optimal
+            res70 = {m: [samples_to(by[m][s]["curve"], 0.7, steps) for s in seeds] for m in MODES}
+            g70, lo70, hi70 = geo_ratio([c[0] / j[0] for c, j in zip(res70["counterfactual"], res70["joint"],
+                                                                       strict=True)])
+            final = {m: sum(final_return(by[m][s]["curve"]) for s in seeds) / len(seeds) for m in MODES}
             cf = [by["counterfactual"][s] for s in seeds]
             avr = sum(r["actor_variance_ratio"] for r in cf) / len(cf)
             share = sum(r["action_variance_share"] for r in cf) / len(cf)
             lines.append(f"| {dims} | {horizon} | {steps:,} | {cells[0]} | {cells[1]} | {g:.2f} [{lo:.2f}, {hi:.2f}] "
+                         f"| {g70:.2f} [{lo70:.2f}, {hi70:.2f}] | {final['joint']:.3f} / {final['counterfactual']:.3f} "
                          f"| {avr:.2f} | {share:.2f} |")
-            rows.append({"dims": dims, "horizon": horizon, "ratio": g, "lo": lo, "hi": hi,
+            rows.append({"dims": dims, "horizon": horizon, "ratio": g, "lo": lo, "hi": hi, "ratio70": g70,
                          "censored": any(not h for m in MODES for _, h in res[m])})
     return "\n".join(lines), rows
 
@@ -140,7 +153,8 @@ def plot(rows: list[dict], path: str) -> None:
         x = [r["dims"] for r in pts]
         y = [r["ratio"] for r in pts]
         err = [[r["ratio"] - r["lo"] for r in pts], [r["hi"] - r["ratio"] for r in pts]]
-        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=4, color=colour, label=f"horizon {horizon}")
+        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=4, color=colour, label=f"horizon {horizon}: to 90%")
+        ax.plot(x, [r["ratio70"] for r in pts], "s--", color=colour, alpha=0.6, label=f"horizon {horizon}: to 70%")
         for r in pts:
             if r["censored"]:
                 ax.annotate("censored", (r["dims"], r["ratio"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -148,7 +162,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(DIMS), [str(d) for d in DIMS])
     ax.set_xlabel("action dims D")
-    ax.set_ylabel("env steps to 90%: counterfactual ÷ joint")
+    ax.set_ylabel("env steps to 90% / 70%: counterfactual ÷ joint")
     ax.set_title("Per-dim credit vs action width (target matching)")
     ax.legend(fontsize=8)
     fig.tight_layout()

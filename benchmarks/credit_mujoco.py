@@ -143,6 +143,10 @@ def _mean_metric(record: dict, key: str) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _pm(mean: float, sd: float) -> str:
+    return f"{mean:.1f}" if math.isnan(sd) else f"{mean:.1f} ± {sd:.1f}"  # one seed: no spread to show
+
+
 def report(records: list[dict]) -> str:
     lines = ["| task (D) | mode | seeds | final return (last 100 eps) | whole-run return | mode − joint, final "
              "(paired, 95% CI) | action variance share | unexplained share | actor variance ratio | min/run | SPS | "
@@ -174,8 +178,8 @@ def report(records: list[dict]) -> str:
             sps = steps / wall
             name = task.split("-")[0]
             ref = CLEANRL_GAUSSIAN.get(name, "") if mode == "joint" and steps >= 1_000_000 else ""
-            lines.append(f"| {task} ({action_dims(task)}) | {mode} | {len(rs)} × {steps // 1000}k | {fm:.1f} ± {fs:.1f} | "
-                         f"{wm:.1f} ± {ws:.1f} | {diff} | {share_s} | {resid_s} | {ratio_s} | {wall / 60:.1f} | {sps:.0f} | "
+            lines.append(f"| {task} ({action_dims(task)}) | {mode} | {len(rs)} × {steps // 1000}k | {_pm(fm, fs)} | "
+                         f"{_pm(wm, ws)} | {diff} | {share_s} | {resid_s} | {ratio_s} | {wall / 60:.1f} | {sps:.0f} | "
                          f"{ref} |")
     return "\n".join(lines)
 
