@@ -45,7 +45,7 @@ MODES = {  # label -> overrides
 DEFAULT = {"tasks": ["Pusher-v5", "HalfCheetah-v5"], "modes": ["joint", "counterfactual"], "seeds": 5,
            "steps": 150_000}
 FULL = {"tasks": ["Reacher-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Pusher-v5", "Ant-v5", "Humanoid-v5"],
-        "modes": list(MODES), "seeds": 3, "steps": 1_000_000}
+        "modes": ["joint", "counterfactual", "joint / token ratio", "structured"], "seeds": 3, "steps": 1_000_000}
 # CleanRL's Gaussian PPO (ppo_continuous_action.py), 1M steps, v4 envs, 3 seeds: its published benchmark
 CLEANRL_GAUSSIAN = {"HalfCheetah": "1442.6 ± 46.0", "Hopper": "2382.9 ± 271.7", "Walker2d": "2288.0 ± 571.8",
                     "Humanoid": "716.1 ± 49.1", "Pusher": "−40.4 ± 7.2"}
