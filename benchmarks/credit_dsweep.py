@@ -38,9 +38,14 @@ def budget(dims: int, horizon: int, scale: float) -> int:
     return int(scale * 8_000 * math.sqrt(dims) * (1 if horizon == 1 else 1.5))
 
 
-def run_one(job: tuple[int, int, str, int, int, int, float, float | None, int, str]) -> dict:
-    dims, horizon, mode, seed, steps, hidden, lr, target_kl, goals, results = job
-    path = Path(results) / f"d{dims}_h{horizon}_{mode}_s{seed}_{steps}_w{hidden}_lr{lr}_kl{target_kl}_g{goals}.json"
+def tag(hidden: int, lr: float, target_kl: float | None, goals: int, ratio: str) -> str:
+    """The settings part of a result file's name (``--report`` aggregates one setting)."""
+    return f"w{hidden}_lr{lr}_kl{target_kl}_g{goals}" + ("" if ratio == "joint" else f"_ratio-{ratio}")
+
+
+def run_one(job: tuple[int, int, str, int, int, int, float, float | None, int, str, str]) -> dict:
+    dims, horizon, mode, seed, steps, hidden, lr, target_kl, goals, results, ratio = job
+    path = Path(results) / f"d{dims}_h{horizon}_{mode}_s{seed}_{steps}_{tag(hidden, lr, target_kl, goals, ratio)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -57,7 +62,7 @@ def run_one(job: tuple[int, int, str, int, int, int, float, float | None, int, s
         f"ppo.num_steps={4 if horizon == 1 else horizon}", f"ppo.total_timesteps={steps}", "ppo.num_epochs=4",
         "ppo.num_minibatches=4", f"ppo.learning_rate={lr}", "ppo.head_learning_rate=3e-3", "head.fit_epochs=4",
         f"policy.hidden_size={hidden}", f"policy.value_hidden_size={hidden}", *MODES[mode], f"seed={seed}",
-        *([f"ppo.target_kl={target_kl}"] if target_kl else []),
+        *([f"ppo.target_kl={target_kl}"] if target_kl else []), f"credit.ratio={ratio}",
         f"output_dir={out}", "name=run", "logging.progress_bar=false", "logging.tensorboard=false",
         "logging.plot_every=0", "logging.checkpoint_every=0"])
     t0 = time.perf_counter()
@@ -180,6 +185,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--target-kl", type=float, default=0.05)
+    ap.add_argument("--ratio", choices=("joint", "token"), default="joint",
+                    help="credit.ratio of both modes: the joint ratio, or per-dim ratios clipped per dim")
     ap.add_argument("--goals", type=int, default=8, help="contexts (fixed goal sets); 0 = a fresh goal every episode")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--results", default="benchmarks/results/credit_dsweep")
@@ -189,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         records = [r for r in map(json.loads, (p.read_text() for p in sorted(Path(args.results).glob(
-                       f"d*_w{args.hidden}_lr{args.lr}_kl{args.target_kl}_g{args.goals}.json"))))
+                       f"d*_{tag(args.hidden, args.lr, args.target_kl, args.goals, args.ratio)}.json"))))
                    if r["steps"] == budget(r["dims"], r["horizon"], args.budget_scale)]
         table, rows = summarise(records)
         print(table)
@@ -197,7 +204,7 @@ def main() -> None:
         print(f"\nfigure: {args.out}")
         return
     jobs = [(d, h, m, s, budget(d, h, args.budget_scale), args.hidden, args.lr, args.target_kl, args.goals,
-             args.results)
+             args.results, args.ratio)
             for s in range(1, args.seeds + 1) for h in args.horizons for d in args.dims for m in MODES]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:

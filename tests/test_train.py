@@ -39,10 +39,13 @@ def test_rollout_logp_equals_first_minibatch_logp(quick_overrides, policy):
     assert result.history[0]["losses/first_minibatch_logp_dev"] < 1e-5
 
 
-def test_resume_continues_exactly(tmp_path):
+# adaptive: a desired KL no update can stay under, so the policy's rate shrinks every update (the scale must resume)
+@pytest.mark.parametrize("schedule", [["ppo.lr_schedule=linear"],
+                                      ["ppo.lr_schedule=adaptive", "ppo.desired_kl=1e-9"]], ids=["linear", "adaptive"])
+def test_resume_continues_exactly(tmp_path, schedule):
     common = [f"output_dir={tmp_path}", "logging.progress_bar=false", "logging.tensorboard=false",
               "logging.plot_every=2", "env.num_envs=8", "ppo.num_steps=4", "env.structured.horizon=3", "env.structured.noise_std=0.1",
-              "policy.type=ar_mlp", "ppo.num_minibatches=2", "ppo.total_timesteps=128"]  # 4 updates
+              "policy.type=ar_mlp", "ppo.num_minibatches=2", "ppo.total_timesteps=128", *schedule]  # 4 updates
     full = train(load_config(None, common + ["name=full", "logging.checkpoint_every=0"]))
     assert len(full.history) == 4
     # 2 updates, stop (the schedule still spans 4 updates), then resume for the last 2
@@ -170,3 +173,38 @@ def test_reward_scale_scales_value_targets_not_logged_returns(quick_overrides):
     assert a["rollout/ep_return_mean"] == b["rollout/ep_return_mean"]  # the env's units, unscaled
     assert a["rollout/reward_mean"] == b["rollout/reward_mean"]
     assert b["losses/value_loss"] < a["losses/value_loss"]  # targets 10x smaller
+
+
+def test_adaptive_lr_scale_steers_to_the_desired_kl():
+    desired = 0.01
+    assert ppo._adapt_lr_scale(1.0, 0.001, desired) == pytest.approx(1.5)   # under half: faster
+    assert ppo._adapt_lr_scale(1.0, 0.05, desired) == pytest.approx(1 / 1.5)  # over twice: slower
+    assert ppo._adapt_lr_scale(1.0, 0.01, desired) == 1.0                    # within [half, twice]: kept
+    assert ppo._adapt_lr_scale(1.0, float("nan"), desired) == 1.0            # a skipped update changes nothing
+    low, high = ppo.ADAPTIVE_SCALE_BOUNDS
+    assert ppo._adapt_lr_scale(low, 1.0, desired) == low and ppo._adapt_lr_scale(high, 0.0, desired) == high
+
+
+def test_adaptive_schedule_moves_only_the_policy_rate(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=adaptive", "logging.progress_bar=false",
+                             "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=8", "ppo.num_steps=4",
+                             "ppo.total_timesteps=128", "ppo.lr_schedule=adaptive", "ppo.desired_kl=1e-9",
+                             "ppo.learning_rate=1e-3", "ppo.head_learning_rate=2e-3", "credit.mode=counterfactual"])
+    seen = []
+    original = ppo._ppo_epochs
+
+    def spy(agent, optimizer, *args, **kwargs):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        return original(agent, optimizer, *args, **kwargs)
+
+    ppo._ppo_epochs = spy
+    try:
+        result = train(cfg)
+    finally:
+        ppo._ppo_epochs = original
+    # every update's KL is far over 2 x 1e-9: the policy's rate falls by 1.5 per update, value and head stay put
+    assert [round(lrs[0] / 1e-3, 6) for lrs in seen] == [round(1.5 ** -k, 6) for k in range(4)]
+    assert all(lrs[1:] == [1e-3, 2e-3] for lrs in seen)
+    assert [r["charts/learning_rate"] for r in result.history] == [lrs[0] for lrs in seen]
+    with pytest.raises(Exception, match="desired_kl"):
+        load_config(None, ["ppo.lr_schedule=adaptive", "ppo.desired_kl=0"])

@@ -73,7 +73,7 @@ SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")
 BASELINE_SCALES = ("one", "fitted")
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
-LR_SCHEDULES = ("constant", "linear", "cosine")
+LR_SCHEDULES = ("constant", "linear", "cosine", "adaptive")
 DEVICES = ("auto", "cpu", "cuda")
 AUTORESET_MODES = ("same_step", "next_step")
 METAWORLD_REWARDS = ("dense", "success")
@@ -532,7 +532,14 @@ class PPOConfig:
     """Adam learning rate of the value head; null = ``learning_rate`` (VLA-RL systems use ~3e-3 against
     1e-4 for the LoRA adapter)."""
     lr_schedule: str = "linear"
-    """``constant``, ``linear`` (to 0) or ``cosine`` (to 0) over the run's updates."""
+    """``constant``, ``linear`` (to 0) or ``cosine`` (to 0) over the run's updates; ``adaptive`` steers the
+    policy's learning rate so that each update moves the policy by about ``ppo.desired_kl`` (x1.5 when the update's
+    KL is under half of it, /1.5 when over twice; within [lr/100, lr*10]), the value and head rates stay constant.
+    A step size fixed in policy space rather than parameter space (rsl_rl's schedule); it does not anneal, so a
+    converged policy's rate climbs to the cap (docs/algorithm.md, "The update, step by step")."""
+    desired_kl: float = 0.01
+    """``lr_schedule: adaptive`` only: the KL(old||new) per update to steer to (the mean approx KL of the update's
+    minibatches)."""
     gamma: float = 0.99
     """Discount."""
     gae_lambda: float = 0.95
@@ -720,6 +727,8 @@ class TrainConfig:
         elif e.observation == "image":
             problems.append(f"policy.type={self.policy.type!r} reads state vectors: use env.observation=state "
                             "or policy.type=vla")
+        if p.desired_kl <= 0:
+            problems.append(f"ppo.desired_kl must be > 0, got {p.desired_kl}")
         if p.kl_coef < 0:
             problems.append(f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
         if p.kl_coef > 0 and self.policy.type != "vla":

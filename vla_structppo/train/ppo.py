@@ -92,13 +92,30 @@ def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
     return groups
 
 
+# lr_schedule: adaptive -- the factor applied per update and the bounds of the policy's learning-rate scale
+ADAPTIVE_FACTOR, ADAPTIVE_SCALE_BOUNDS = 1.5, (0.01, 10.0)
+
+
 def _lr_factor(cfg: TrainConfig, update: int) -> float:
+    if cfg.ppo.lr_schedule == "adaptive":
+        return 1.0  # the policy group's scale lives in the trainer's counters (_adapt_lr_scale)
     progress = (update - 1) / cfg.num_updates
     if cfg.ppo.lr_schedule == "linear":
         return 1.0 - progress
     if cfg.ppo.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
+
+
+def _adapt_lr_scale(scale: float, kl: float, desired_kl: float) -> float:
+    """The policy learning rate's next scale under ``lr_schedule: adaptive`` from the update's measured KL."""
+    if not math.isfinite(kl):
+        return scale
+    if kl > 2.0 * desired_kl:
+        scale /= ADAPTIVE_FACTOR
+    elif kl < 0.5 * desired_kl:
+        scale *= ADAPTIVE_FACTOR
+    return min(max(scale, ADAPTIVE_SCALE_BOUNDS[0]), ADAPTIVE_SCALE_BOUNDS[1])
 
 
 def _all_reduce_sum(accelerator: Accelerator):
@@ -182,6 +199,8 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
         t_start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * _lr_factor(cfg, update)
+        if cfg.ppo.lr_schedule == "adaptive":  # the first group is the policy's (_param_groups)
+            optimizer.param_groups[0]["lr"] = optimizer.param_groups[0]["base_lr"] * counters.get("lr_scale", 1.0)
 
         # 1. rollout (no grad), 2. GAE with termination / truncation / autoreset kept apart
         agent.eval()
@@ -233,6 +252,10 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
             metrics.update(upd_metrics)
             nan_seen |= upd_nan
         t_update = time.perf_counter()
+        if cfg.ppo.lr_schedule == "adaptive" and not nan_seen and train_policy:
+            # the KL is averaged across processes already, so every rank steers to the same rate
+            counters["lr_scale"] = _adapt_lr_scale(counters.get("lr_scale", 1.0), metrics["losses/approx_kl"],
+                                                   cfg.ppo.desired_kl)
 
         # 6. non-finite guard: skip, warn, abort after several in a row (last checkpoint stays good)
         counters["nan_streak"] = counters["nan_streak"] + 1 if nan_seen else 0
