@@ -144,7 +144,7 @@ def summarise(records: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, title: str = "Per-dim credit vs action width (target matching)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,11 +164,15 @@ def plot(rows: list[dict], path: str) -> None:
             if r["censored"]:
                 ax.annotate("censored", (r["dims"], r["ratio"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_yscale("log")  # ratios; an interval from a censored pair can span decades
+    ax.set_ylim(0.25, 8)
+    ax.set_yticks([0.25, 0.5, 1, 2, 4, 8], ["0.25", "0.5", "1", "2", "4", "8"])
+    ax.minorticks_off()
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(DIMS), [str(d) for d in DIMS])
     ax.set_xlabel("action dims D")
     ax.set_ylabel("env steps to 90% / 70%: counterfactual ÷ joint")
-    ax.set_title("Per-dim credit vs action width (target matching)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +204,7 @@ def main() -> None:
                    if r["steps"] == budget(r["dims"], r["horizon"], args.budget_scale)]
         table, rows = summarise(records)
         print(table)
-        plot(rows, args.out)
+        plot(rows, args.out, "Per-dim credit vs action width" + (f" ({args.ratio} ratio)" if args.ratio != "joint" else ""))
         print(f"\nfigure: {args.out}")
         return
     jobs = [(d, h, m, s, budget(d, h, args.budget_scale), args.hidden, args.lr, args.target_kl, args.goals,
