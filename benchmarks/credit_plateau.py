@@ -84,9 +84,9 @@ def run_one(job: tuple[str, str, int, int]) -> dict:
 
 def trace(variant: str, seed: int, budget: int, every: int = 4) -> list[dict]:
     """One unstructured-task run of ``variant`` with a checkpoint every ``every`` updates; per checkpoint, on the
-    task's 8 goal contexts: the mean probability of each dim's optimal bin, how many (context, dim) pairs have
-    let it fall under 5% (locked on another bin), the mean per-dim entropy; and that update's KL and actor
-    variance ratio."""
+    task's goal contexts: the mean probability of each dim's optimal bin, how many (context, dim) pairs have
+    let it fall under 5% (locked on another bin), the mean per-dim entropy; and that update's KL, clip fraction
+    and actor variance ratio."""
     import json
 
     import numpy as np
@@ -106,7 +106,8 @@ def trace(variant: str, seed: int, budget: int, every: int = 4) -> list[dict]:
     run = train(cfg).run_dir
     metrics = {int(r["charts/update"]): r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
     env = make_env(cfg.env, 8, 0)
-    goals = env._goal_set  # the task's fixed contexts
+    goals = env._goal_set  # the task's fixed contexts (num_goals of them)
+    # the env's observation layout: [errors, steps_left / horizon], a full horizon at the start of an episode
     obs = torch.tensor(np.concatenate([goals, np.ones((len(goals), 1))], 1), dtype=torch.float32)
     best = optimal_bins(env.spec, goals, np.ones(len(goals), dtype=np.int64))  # [G, D]
     rows = []
@@ -117,20 +118,23 @@ def trace(variant: str, seed: int, budget: int, every: int = 4) -> list[dict]:
         p_best = np.take_along_axis(probs, best[..., None], -1)[..., 0]
         m = metrics[int(ck.name)]
         rows.append({"update": int(ck.name), "p_best": float(p_best.mean()), "locked": int((p_best < 0.05).sum()),
-                     "entropy": float(-(probs * np.log(probs + 1e-12)).sum(-1).mean()),
-                     "kl": m["losses/approx_kl"], "avr": m.get("credit/actor_variance_ratio", 1.0)})
+                     "pairs": p_best.size, "entropy": float(-(probs * np.log(probs + 1e-12)).sum(-1).mean()),
+                     "kl": m["losses/approx_kl"], "clipfrac": m["losses/clipfrac"],
+                     "avr": m.get("credit/actor_variance_ratio", 1.0)})
     return rows
 
 
 def print_trace(variants: list[str], seed: int, budget: int) -> None:
-    print(f"unstructured task, seed {seed}, {budget} env steps; every 4th checkpoint (4 updates each)\n")
+    print(f"unstructured task, seed {seed}, {budget} env steps; a checkpoint every 4 updates: each of the first 10, "
+          "then every third\n")
     print("| credit | " + " | ".join(["update", "P(best bin)", "pairs locked (P < 0.05)", "entropy / dim", "KL of the update",
-                                     "actor variance ratio"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+                                     "clip fraction", "actor variance ratio"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
     for variant in variants:
-        for r in trace(variant, seed, budget)[::3]:
-            print(f"| {variant} | {r['update']} | {r['p_best']:.2f} | {r['locked']} / 56 | {r['entropy']:.2f} | "
-                  f"{r['kl']:.3f} | {r['avr']:.2f} |")
+        rows = trace(variant, seed, budget)
+        for r in rows[:10] + rows[10::3]:
+            print(f"| {variant} | {r['update']} | {r['p_best']:.2f} | {r['locked']} / {r['pairs']} | {r['entropy']:.2f} | "
+                  f"{r['kl']:.3f} | {r['clipfrac']:.2f} | {r['avr']:.2f} |")
 
 
 def mean_ci(xs: list[float], digits: int = 3) -> str:

@@ -84,6 +84,7 @@ class TrainResult:
 # -- setup helpers -----------------------------------------------------------------------------------
 def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
     value_lr = cfg.ppo.value_learning_rate if cfg.ppo.value_learning_rate is not None else cfg.ppo.learning_rate
+    # the policy's group comes first: lr_schedule=adaptive steers that one (_set_learning_rates)
     groups = [{"params": agent.trainable_parameters(), "lr": cfg.ppo.learning_rate, "base_lr": cfg.ppo.learning_rate},
               {"params": list(agent.value_head.parameters()), "lr": value_lr, "base_lr": value_lr}]
     if agent.adv_head is not None:
@@ -96,15 +97,15 @@ def _param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
 ADAPTIVE_FACTOR, ADAPTIVE_SCALE_BOUNDS = 1.5, (0.01, 10.0)
 
 
-def _lr_factor(cfg: TrainConfig, update: int) -> float:
-    if cfg.ppo.lr_schedule == "adaptive":
-        return 1.0  # the policy group's scale lives in the trainer's counters (_adapt_lr_scale)
+def _set_learning_rates(optimizer, cfg: TrainConfig, update: int, adaptive_scale: float) -> None:
+    """Every group's rate for ``update``: ``base_lr`` x the schedule's factor. The time schedules (constant, linear,
+    cosine) scale every group alike; ``adaptive`` scales the policy's group (the first) by ``adaptive_scale`` (the
+    trainer's ``counters["lr_scale"]``, steered by :func:`_adapt_lr_scale`) and leaves the value and head rates."""
     progress = (update - 1) / cfg.num_updates
-    if cfg.ppo.lr_schedule == "linear":
-        return 1.0 - progress
-    if cfg.ppo.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
+    schedule = cfg.ppo.lr_schedule
+    factor = {"linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}.get(schedule, 1.0)
+    for k, group in enumerate(optimizer.param_groups):
+        group["lr"] = group["base_lr"] * (adaptive_scale if schedule == "adaptive" and k == 0 else factor)
 
 
 def _adapt_lr_scale(scale: float, kl: float, desired_kl: float) -> float:
@@ -197,10 +198,7 @@ def _train(cfg: TrainConfig, command: str | None, start: Path | None, accelerato
 
     for update in range(counters["update"] + 1, cfg.num_updates + 1):
         t_start = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * _lr_factor(cfg, update)
-        if cfg.ppo.lr_schedule == "adaptive":  # the first group is the policy's (_param_groups)
-            optimizer.param_groups[0]["lr"] = optimizer.param_groups[0]["base_lr"] * counters.get("lr_scale", 1.0)
+        _set_learning_rates(optimizer, cfg, update, counters.get("lr_scale", 1.0))  # absent in older checkpoints
 
         # 1. rollout (no grad), 2. GAE with termination / truncation / autoreset kept apart
         agent.eval()
