@@ -189,8 +189,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--target-kl", type=float, default=0.05)
-    ap.add_argument("--ratio", choices=("joint", "token"), default="joint",
-                    help="credit.ratio of both modes: the joint ratio, or per-dim ratios clipped per dim")
+    ap.add_argument("--ratio", choices=("joint", "token", "token_clip"), default="joint",
+                    help="credit.ratio of both modes: the joint ratio, per-dim ratios clipped per dim, or the joint "
+                         "weight clipped per dim")
     ap.add_argument("--goals", type=int, default=8, help="contexts (fixed goal sets); 0 = a fresh goal every episode")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--results", default="benchmarks/results/credit_dsweep")

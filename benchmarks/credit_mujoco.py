@@ -40,6 +40,11 @@ MODES = {  # label -> overrides
     # credit from the head after it has fitted the batch it scores (in-sample; the default is the head before)
     "counterfactual, in-sample head": ["credit.mode=counterfactual", "head.credit_from=fitted"],
     "joint / token ratio": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token"],
+    # each dim's clip decided by its own ratio (the late plateau, docs/benchmarks.md); joint credit with the same
+    # clip is its control: what the clip alone changes
+    "joint / token clip": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token_clip"],
+    "counterfactual / token clip": ["credit.mode=counterfactual", "credit.ratio=token_clip"],
+    "counterfactual / token ratio": ["credit.mode=counterfactual", "credit.ratio=token"],
     "structured": ["credit.mode=structured"],
 }
 DEFAULT = {"tasks": ["Pusher-v5", "HalfCheetah-v5"], "modes": ["joint", "counterfactual"], "seeds": 5,

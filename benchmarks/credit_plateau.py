@@ -37,6 +37,9 @@ VARIANTS = {
     # clipping decided per dim (the per-token ratio) instead of by the joint ratio every dim shares
     "joint, token ratio": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token"],
     "counterfactual, token ratio": ["credit.mode=counterfactual", "credit.ratio=token"],
+    # only the clip decision per dim; the importance weight stays the joint ratio (HAPPO's per-agent form)
+    "joint, token clip": ["credit.mode=joint", "head.enabled=false", "credit.ratio=token_clip"],
+    "counterfactual, token clip": ["credit.mode=counterfactual", "credit.ratio=token_clip"],
     # the step fixed in policy space: the learning rate steered to a KL per update
     "joint, adaptive lr": ["credit.mode=joint", "head.enabled=false", "ppo.lr_schedule=adaptive", "ppo.desired_kl=0.02"],
     "counterfactual, adaptive lr": ["credit.mode=counterfactual", "ppo.lr_schedule=adaptive", "ppo.desired_kl=0.02"],

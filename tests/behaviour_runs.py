@@ -85,8 +85,10 @@ def record(root: Path) -> dict[str, Any]:
          "logging.plot_every=2", "logging.checkpoint_every=2")
     out["mlp"] = {"metrics": _metrics(root / "mlp"), "weights": _weights(root / "mlp/checkpoints/last")}
 
-    # 2. autoregressive MLP on the sequential task (truncation, GAE over 8 steps)
-    _cli("train", "recipes/structured/sequential_ar.yaml", *common, "name=ar", "ppo.total_timesteps=1024")
+    # 2. autoregressive MLP on the sequential task (truncation, GAE over 8 steps: the horizon as a time limit
+    # keeps the bootstrap-from-final-obs path pinned)
+    _cli("train", "recipes/structured/sequential_ar.yaml", *common, "name=ar", "ppo.total_timesteps=1024",
+         "env.structured.horizon_end=truncate")
     out["ar"] = {"metrics": _metrics(root / "ar"), "weights": _weights(root / "ar/checkpoints/last")}
 
     # 3. a tiny VLA: raw PPO, demos -> SFT -> PPO from the cloned adapter

@@ -207,6 +207,29 @@ def test_per_dim_gradient_routing():
     assert torch.allclose(g, -A / B, atol=1e-12)
 
 
+def test_token_clip_keeps_the_joint_weight_and_clips_each_dim_on_its_own_ratio():
+    """``ratio='token_clip'``: dim i's gradient is ``r A_i grad log pi_i`` (the joint weight) unless dim i's
+    own ratio is past the clip in A_i's direction; the other dims' ratios never switch it off."""
+    torch.manual_seed(1)
+    B, eps = 256, 0.2
+    logp_old = torch.randn(B, D, dtype=torch.float64)
+    theta = (logp_old + 0.3 * torch.randn(B, D, dtype=torch.float64)).requires_grad_()
+    A = torch.randn(B, D, dtype=torch.float64)
+    loss, m = ppo_policy_loss(theta, logp_old, A, eps, ratio="token_clip")
+    (g,) = torch.autograd.grad(loss, theta)
+    with torch.no_grad():
+        dlogp = theta - logp_old
+        r = torch.exp(dlogp.sum(1, keepdim=True))
+        r_i = torch.exp(dlogp)
+        active = ((A > 0) & (r_i < 1 + eps)) | ((A < 0) & (r_i > 1 - eps))
+        expected = -(r * A * active) / B
+        joint_clipped = ((A > 0) & (r > 1 + eps)) | ((A < 0) & (r < 1 - eps))
+    assert torch.allclose(g, expected, atol=1e-12)
+    # the case the variant exists for: dims whose own ratio is in range while the joint one is out
+    assert bool((active & joint_clipped).any())
+    assert 0.0 < float(m["clipfrac"]) < 1.0
+
+
 # -- 2. counterfactual is unbiased, whatever the head -------------------------------------------------------
 @pytest.mark.parametrize("policy_cls", [IndependentPolicy, AutoregressivePolicy])
 @pytest.mark.parametrize("centering", ["policy", "uniform", "none"])

@@ -28,6 +28,9 @@ def test_choice_lists_match_the_code():
     assert C.CREDIT_MODES == algo.CREDIT_MODES and C.HEAD_MODES == algo.HEAD_MODES
     assert C.CENTERINGS == algo.CENTERINGS and C.RATIOS == algo.RATIOS
     assert C.BASELINE_SCALES == algo.BASELINE_SCALES
+    from vla_structppo.envs.structured import HORIZON_ENDS
+
+    assert C.HORIZON_ENDS == HORIZON_ENDS
     assert (*STATE_POLICIES, "vla") == C.POLICY_TYPES
     assert tuple(registry.ENVS) == tuple(registry.TASKS) == C.ENV_IDS
     assert all(hasattr(C.EnvConfig(), env_id) for env_id in C.ENV_IDS)  # one config section per env

@@ -68,7 +68,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
 HEAD_MODES = ("shared_local", "structured", "counterfactual")
 CENTERINGS = ("policy", "uniform", "none")
-RATIOS = ("joint", "token")
+RATIOS = ("joint", "token", "token_clip")
 SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")
 BASELINE_SCALES = ("one", "fitted")
@@ -76,6 +76,7 @@ TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 LR_SCHEDULES = ("constant", "linear", "cosine", "adaptive")
 DEVICES = ("auto", "cpu", "cuda")
 AUTORESET_MODES = ("same_step", "next_step")
+HORIZON_ENDS = ("terminate", "truncate")
 METAWORLD_REWARDS = ("dense", "success")
 LIBERO_PROTOCOLS = ("raw", "openvla")
 # keys of the flat ``env`` section before it was split per environment -> the sections that took them
@@ -129,6 +130,11 @@ class StructuredEnvConfig:
     autoreset_mode: str = "same_step"
     """Gymnasium autoreset: ``same_step`` or ``next_step`` (gymnasium's default; reset steps are masked).
     The simulators reset on the same step."""
+    horizon_end: str = "terminate"
+    """How a sequential episode ends at its horizon: ``terminate`` (the task's end: nothing follows it and the
+    observation shows the steps left, so its value is 0) or ``truncate`` (a time limit, bootstrapped in GAE from
+    the critic at a no-steps-left state no transition starts from, so never trained: measured to stall
+    learning at ~0.5 of optimal; kept as the cheap way to exercise the truncation path)."""
 
     def problems(self, env: EnvConfig) -> list[str]:
         out = [f"env.structured.{k} must be >= {low}, got {v}"
@@ -136,6 +142,8 @@ class StructuredEnvConfig:
                if v < low]
         if self.autoreset_mode not in AUTORESET_MODES:
             out.append(_not_one_of("env.structured.autoreset_mode", self.autoreset_mode, AUTORESET_MODES))
+        if self.horizon_end not in HORIZON_ENDS:
+            out.append(_not_one_of("env.structured.horizon_end", self.horizon_end, HORIZON_ENDS))
         if self.noise_std < 0 or not math.isfinite(self.noise_std):
             out.append(f"env.structured.noise_std must be a finite number >= 0, got {self.noise_std}")
         if self.max_move is not None and not (math.isfinite(self.max_move) and self.max_move > 0):
@@ -506,7 +514,8 @@ class CreditConfig:
     surrogate: str = "per_dim"
     """shared_local only: ``per_dim`` (each dim its own A_eff) or ``mean`` (the note's scalar form)."""
     ratio: str = "joint"
-    """``joint`` importance ratio with per-dim gradient routing, or ``token`` (per-token, a baseline)."""
+    """``joint`` importance ratio with per-dim gradient routing (the design), ``token`` (per-token ratio and
+    clip, a baseline) or ``token_clip`` (joint importance weight, each dim clipped on its own ratio)."""
     baseline_scale: str = "one"
     """counterfactual only: subtract the head's baseline as it is (``one``) or scaled per dim by its fitted
     control-variate coefficient over the batch, clipped to [0, 1] (``fitted``: never adds variance)."""

@@ -11,7 +11,7 @@ from .heads import HeadOutput
 
 __all__ = ["RATIOS", "head_loss", "normalize_advantages", "ppo_policy_loss", "value_loss"]
 
-RATIOS = ("joint", "token")
+RATIOS = ("joint", "token", "token_clip")
 
 
 MAX_LOG_RATIO = 20.0
@@ -38,6 +38,15 @@ def ppo_policy_loss(
     ``ratio='token'``: per-token ratio ``r_i = exp(dlogp_i)`` clipped per token, the comparison baseline
     some VLA-RL systems use; outside the note's design.
 
+    ``ratio='token_clip'``: the joint importance weight with each dim's clip decided by its own ratio,
+    the form of HAPPO's per-agent objective (Kuba et al., ICLR 2022)::
+
+        L = -mean_B sum_i sg(r / r_i) min(r_i A_i, clip(r_i, 1-eps, 1+eps) A_i)
+
+    Unclipped, dim i's gradient is ``r A_i grad log pi_i`` exactly as under ``joint``; only the clip
+    decision moves from the joint ratio to ``r_i``. It separates the two things ``token`` changes at once
+    (the weight and the clip decision). Outside the note's design.
+
     Args:
         logp_new, logp_old: ``[B, D]`` per-dim log-probs under the current / behaviour policy.
         advantages: ``[B, D]`` per-dim advantages (credit, already normalised if wanted).
@@ -52,8 +61,8 @@ def ppo_policy_loss(
         raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
     dlogp = logp_new - logp_old.detach()  # [B, D]
     adv = advantages.detach()
+    total = dlogp.sum(dim=1, keepdim=True)  # [B, 1]
     if ratio == "joint":
-        total = dlogp.sum(dim=1, keepdim=True)  # [B, 1]
         log_rho = dlogp + (total - dlogp).detach()  # [B, D], value = joint log-ratio
     else:
         log_rho = dlogp  # [B, D]
@@ -63,7 +72,11 @@ def ppo_policy_loss(
     rho = torch.exp(log_rho.clamp(max=MAX_LOG_RATIO))
     unclipped = rho * adv
     clipped = torch.clamp(rho, 1.0 - clip_coef, 1.0 + clip_coef) * adv
-    per_sample = -torch.min(unclipped, clipped).sum(dim=1)  # [B]
+    terms = torch.min(unclipped, clipped)  # [B, D]
+    if ratio == "token_clip":
+        # the other dims' ratio as a constant weight: the importance weight stays the joint one
+        terms = torch.exp((total - dlogp).detach().clamp(max=MAX_LOG_RATIO)) * terms
+    per_sample = -terms.sum(dim=1)  # [B]
     weights = _mask_weights(mask, per_sample)
     loss = (per_sample * weights).sum()
 

@@ -22,6 +22,7 @@ def structured_spec(cfg: EnvConfig) -> StructuredTaskSpec:
         dim_weights=list(s.dim_weights) if s.dim_weights is not None else None,
         pairs=[(p.i, p.j, p.weight) for p in s.pairs], noise_std=s.noise_std, max_move=s.max_move,
         goal_reach=s.goal_reach, terminate_on_success=cfg.terminate_on_success, num_goals=s.num_goals,
+        horizon_end=s.horizon_end,
     )
 
 
