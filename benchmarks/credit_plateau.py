@@ -19,6 +19,8 @@ import os
 import tempfile
 import time
 
+from credit_dsweep import samples_to  # benchmarks/ is on the path: the scripts run from there
+
 VARIANTS = {
     "joint": ["credit.mode=joint", "head.enabled=false"],
     "counterfactual": ["credit.mode=counterfactual"],
@@ -73,9 +75,8 @@ def run_one(job: tuple[str, str, int, int]) -> dict:
     greedy = evaluate_policy(result.agent, cfg.env, num_episodes=64, seed=10_000, num_envs=8, deterministic=True)
     n = len(history)
     late = history[3 * n // 4:]
-    rets = [r["rollout/normalized_return"] for r in history]
     # sample efficiency: env steps until the mean of 3 consecutive updates reaches 0.9 (the budget if never)
-    to90 = next((history[k]["charts/global_step"] for k in range(2, n) if sum(rets[k - 2:k + 1]) / 3 >= 0.9), budget)
+    to90, _ = samples_to([(r["charts/global_step"], r["rollout/normalized_return"]) for r in history], 0.9, budget)
     row = {"task": task, "variant": variant, "seed": seed, "wall": time.perf_counter() - t0, "to90": to90,
            "final": sum(r["rollout/normalized_return"] for r in history[-5:]) / 5,
            "greedy_return": greedy["overall"]["mean_return"]}
