@@ -27,11 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from stats import geometric_mean_ci, samples_to  # benchmarks/ is on the path: the scripts run from there
+
 DIMS = (7, 16, 32, 64, 128)
 HORIZONS = (1, 3)
 MODES = {"joint": ["credit.mode=joint", "head.enabled=false"],
          "counterfactual": ["credit.mode=counterfactual", "head.pairwise=false"]}
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def budget(dims: int, horizon: int, scale: float) -> int:
@@ -85,27 +86,10 @@ def _late(history: list[dict], key: str) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def samples_to(curve, level: float, limit: int) -> tuple[float, bool]:
-    for n in range(2, len(curve)):
-        if sum(v for _, v in curve[n - 2:n + 1]) / 3 >= level:
-            return curve[n][0], True
-    return float(limit), False
-
-
 def final_return(curve) -> float:
     """Mean normalised return of the last 3 updates: where a run levels off."""
     tail = curve[-3:]
     return sum(v for _, v in tail) / len(tail)
-
-
-def geo_ratio(ratios: list[float]) -> tuple[float, float, float]:
-    logs = [math.log(r) for r in ratios]
-    m = sum(logs) / len(logs)
-    if len(logs) < 2:
-        return math.exp(m), float("nan"), float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / (len(logs) - 1))
-    half = T95.get(len(logs) - 1, 1.96) * sd / math.sqrt(len(logs))
-    return math.exp(m), math.exp(m - half), math.exp(m + half)
 
 
 def summarise(records: list[dict]) -> tuple[str, list[dict]]:
@@ -123,15 +107,15 @@ def summarise(records: list[dict]) -> tuple[str, list[dict]]:
             steps = by["joint"][seeds[0]]["steps"]
             res = {m: [samples_to(by[m][s]["curve"], 0.9, steps) for s in seeds] for m in MODES}
             ratios = [c[0] / j[0] for c, j in zip(res["counterfactual"], res["joint"], strict=True)]
-            g, lo, hi = geo_ratio(ratios)
+            g, lo, hi = geometric_mean_ci(ratios)
             cells = []
             for m in MODES:
                 xs = [x for x, _ in res[m]]
                 cells.append(f"{sum(xs) / len(xs):,.0f} ({sum(h for _, h in res[m])}/{len(seeds)})")
             # early speed, apart from where each mode levels off: steps to 70% of optimal
             res70 = {m: [samples_to(by[m][s]["curve"], 0.7, steps) for s in seeds] for m in MODES}
-            g70, lo70, hi70 = geo_ratio([c[0] / j[0] for c, j in zip(res70["counterfactual"], res70["joint"],
-                                                                       strict=True)])
+            g70, lo70, hi70 = geometric_mean_ci([c[0] / j[0] for c, j in zip(res70["counterfactual"], res70["joint"],
+                                                                              strict=True)])
             final = {m: sum(final_return(by[m][s]["curve"]) for s in seeds) / len(seeds) for m in MODES}
             cf = [by["counterfactual"][s] for s in seeds]
             avr = sum(r["actor_variance_ratio"] for r in cf) / len(cf)

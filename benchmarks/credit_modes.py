@@ -10,12 +10,13 @@ Runs that never reach 90% count at the budget (censored) and are reported as suc
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from stats import mean_ci, samples_to, t95  # benchmarks/ is on the path: the scripts run from there
 
 VARIANTS = {  # label -> overrides
     "joint": ["credit.mode=joint"],
@@ -28,8 +29,6 @@ TASKS = {
     "structured": "recipes/structured/counterfactual.yaml",  # sparse dims + pairs (credit mode is overridden)
     "unstructured": "recipes/structured/unstructured.yaml",  # uniform additive
 }
-# two-sided 95% Student t quantiles by degrees of freedom
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def run_one(job: tuple[str, str, int, int]) -> dict:
@@ -51,23 +50,6 @@ def run_one(job: tuple[str, str, int, int]) -> dict:
     wall = time.perf_counter() - t0
     curve = [(r["charts/global_step"], r["rollout/normalized_return"]) for r in result.history]
     return {"task": task, "variant": variant, "seed": seed, "wall": wall, "curve": curve}
-
-
-def samples_to(curve, level: float, budget: int) -> tuple[float, bool]:
-    """First env-step count where the mean over 3 consecutive updates reaches ``level``."""
-    for n in range(2, len(curve)):
-        if sum(v for _, v in curve[n - 2:n + 1]) / 3 >= level:
-            return curve[n][0], True
-    return float(budget), False
-
-
-def mean_ci(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    return m, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
 def main() -> None:
@@ -115,7 +97,7 @@ def plot(results, path: str) -> None:
             steps = np.array([s for s, _ in rs[0]["curve"]])
             vals = np.array([[v for _, v in r["curve"]] for r in rs])
             m = vals.mean(0)
-            ci = T95.get(len(rs) - 1, 1.96) * vals.std(0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else 0 * m
+            ci = t95(len(rs) - 1) * vals.std(0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else 0 * m
             ax.plot(steps, m, label=variant)
             ax.fill_between(steps, m - ci, m + ci, alpha=0.2)
         ax.axhline(0.9, color="grey", lw=0.8, ls="--")

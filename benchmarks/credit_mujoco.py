@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stats import mean_std, paired_ci  # benchmarks/ is on the path: the scripts run from there
+
 RECIPE = "recipes/gym/mujoco.yaml"
 MODES = {  # label -> overrides
     "joint": ["credit.mode=joint", "head.enabled=false"],
@@ -54,7 +56,6 @@ FULL = {"tasks": ["Reacher-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "P
 # CleanRL's Gaussian PPO (ppo_continuous_action.py), 1M steps, v4 envs, 3 seeds: its published benchmark
 CLEANRL_GAUSSIAN = {"HalfCheetah": "1442.6 ± 46.0", "Hopper": "2382.9 ± 271.7", "Walker2d": "2288.0 ± 571.8",
                     "Humanoid": "716.1 ± 49.1", "Pusher": "−40.4 ± 7.2"}
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def action_dims(task: str) -> int:
@@ -129,18 +130,10 @@ def whole_run_return(record: dict) -> float:
     return sum(m * c for m, c in eps) / n if n else float("nan")
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return m, sd
-
-
 def paired(diffs: list[float]) -> str:
-    m, sd = mean_std(diffs)
-    if len(diffs) < 2:
-        return f"{m:+.1f}"
-    half = T95.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
-    return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
+    """Per-seed differences: their mean and 95% interval (one pair: the difference alone)."""
+    m, lo, hi = paired_ci(diffs)
+    return f"{m:+.1f}" if len(diffs) < 2 else f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
 def _mean_metric(record: dict, key: str) -> float:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 
-from credit_dsweep import samples_to  # benchmarks/ is on the path: the scripts run from there
+from stats import mean_ci, samples_to  # benchmarks/ is on the path: the scripts run from there
 
 VARIANTS = {
     "joint": ["credit.mode=joint", "head.enabled=false"],
@@ -49,7 +49,6 @@ VARIANTS = {
 TASKS = {"structured": "recipes/structured/counterfactual.yaml", "unstructured": "recipes/structured/unstructured.yaml"}
 LATE = ("credit/explained_variance_head", "credit/actor_variance_ratio", "credit/action_variance_share",
         "credit/residual_variance_share", "losses/entropy", "losses/grad_norm")
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def run_one(job: tuple[str, str, int, int]) -> dict:
@@ -141,15 +140,13 @@ def print_trace(variants: list[str], seed: int, budget: int) -> None:
                   f"{r['kl']:.3f} | {r['clipfrac']:.2f} | {r['avr']:.2f} |")
 
 
-def mean_ci(xs: list[float], digits: int = 3) -> str:
+def pm(xs: list[float], digits: int = 3) -> str:
+    """``mean ± 95% CI`` over the runs that have a value (NaN: the metric does not exist for the variant)."""
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return "—"
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return f"{m:.{digits}f}"
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return f"{m:.{digits}f} ± {T95.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs)):.{digits}f}"
+    m, half = mean_ci(xs)
+    return f"{m:.{digits}f}" if len(xs) < 2 else f"{m:.{digits}f} ± {half:.{digits}f}"
 
 
 def main() -> None:
@@ -175,8 +172,8 @@ def main() -> None:
     for task in TASKS:
         for variant in args.variants:
             rs = [r for r in rows if r["task"] == task and r["variant"] == variant]
-            print(f"| {task} | {variant} | {mean_ci([r['to90'] for r in rs], 0)} | {mean_ci([r['final'] for r in rs])} | {mean_ci([r['greedy_return'] for r in rs])} | "
-                  + " | ".join(mean_ci([r[k] for r in rs]) for k in LATE) + " |")
+            print(f"| {task} | {variant} | {pm([r['to90'] for r in rs], 0)} | {pm([r['final'] for r in rs])} | {pm([r['greedy_return'] for r in rs])} | "
+                  + " | ".join(pm([r[k] for r in rs]) for k in LATE) + " |")
 
 
 if __name__ == "__main__":

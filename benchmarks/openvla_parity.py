@@ -49,7 +49,7 @@ INSTRUCTIONS = ["Pick up the RED block", "put the black bowl on the plate", "Ope
 
 
 def make(out: Path) -> None:
-    from vla_structppo.policies.tiny_openvla import save_tiny_openvla
+    from vla_structppo.testing.tiny_openvla import save_tiny_openvla
 
     save_tiny_openvla(out / "checkpoint", seed=0)
     (out / "images").mkdir(parents=True, exist_ok=True)

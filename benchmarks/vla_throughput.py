@@ -4,7 +4,7 @@ share of the update, and peak memory.
     OMP_NUM_THREADS=1 python benchmarks/vla_throughput.py            # tiny + mid-size (~80M) llava
     OMP_NUM_THREADS=1 python benchmarks/vla_throughput.py --quick    # tiny model only, few repeats
 
-Models are random-weight llava VLAs built offline by ``vla_structppo.policies.tiny`` into a temp dir and
+Models are random-weight llava VLAs built offline by ``vla_structppo.testing.tiny_vlms`` into a temp dir and
 loaded through ``load_vla_policy`` (the real loading path, LoRA included), so the timings include peft's
 adapter overhead exactly as training sees it. Observations come from the image-mode structured env.
 
@@ -13,7 +13,7 @@ What is measured (medians over ``--repeats`` after ``--warmup`` untimed calls):
 * act: ``policy.act(inputs)`` under ``no_grad``; one call is B env steps.
 * generate: ``model.generate`` on the same model and inputs, restricted to the bin tokens by a logits
   processor, exactly D new tokens, sampling; its tokens are checked to all be bin tokens.
-* update: forward + backward of the real PPO loss (``train.ppo._loss``: policy + value + head + entropy)
+* update: forward + backward of the real PPO loss (``train.ppo_update.ppo_loss``: policy + value + head + entropy)
   on a minibatch of M samples from a short rollout (no optimizer step).
 * head: forward + backward of the structured head's part of that loss alone (``adv_head`` + ``head_loss``
   on the same features), and, as a cross-check, the update time with the head removed.
@@ -146,7 +146,7 @@ def build_agent(name: str, root: Path, device: torch.device, num_envs: int, seed
     from vla_structppo.checkpoints import build_agent as build
     from vla_structppo.config import load_config
     from vla_structppo.envs import make_env
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+    from vla_structppo.testing.tiny_vlms import save_tiny_vla, write_action_tokenizer
 
     model_dir = root / name
     save_tiny_vla("llava", model_dir, seed, **MODELS[name])
@@ -164,7 +164,7 @@ def build_agent(name: str, root: Path, device: torch.device, num_envs: int, seed
 def rollout_batch(cfg, agent, envs, device: torch.device, seed: int) -> dict:
     """One rollout step of every env, turned into the update's batch the way ``train`` does it."""
     from vla_structppo.algo import compute_gae, credit_advantages, normalize_advantages
-    from vla_structppo.train.ppo import _flatten
+    from vla_structppo.train.advantages import flatten_rollout
     from vla_structppo.train.rollout import RolloutState, collect_rollout
 
     obs, _ = envs.reset(seed=seed)
@@ -174,7 +174,7 @@ def rollout_batch(cfg, agent, envs, device: torch.device, seed: int) -> dict:
     adv, ret = compute_gae(rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
                            rollout.truncated, gamma=cfg.ppo.gamma, gae_lambda=cfg.ppo.gae_lambda,
                            final_values=rollout.final_values, valid=rollout.valid)
-    batch = _flatten(rollout, adv, ret)
+    batch = flatten_rollout(rollout, adv, ret)
     with torch.no_grad():
         head_out = agent.adv_head(batch["features"], batch["actions"], batch["bin_probs"])
     credit = credit_advantages(cfg.credit.mode, batch["advantages"], head_out, autoregressive=True,
@@ -251,10 +251,10 @@ def bench_rollout(policy, envs, batch_sizes, device, warmup, repeats, seed) -> l
 
 def _update_step(agent, cfg, batch: dict, idx: torch.Tensor) -> None:
     """Forward + backward of the PPO loss on minibatch ``idx`` (what one micro-batch of an update does)."""
-    from vla_structppo.train.ppo import _loss
+    from vla_structppo.train.ppo_update import ppo_loss
 
     agent.zero_grad(set_to_none=True)
-    loss, _, _ = _loss(agent, batch, idx, cfg)
+    loss, _, _ = ppo_loss(agent, batch, idx, cfg)
     loss.backward()
 
 

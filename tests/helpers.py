@@ -5,6 +5,9 @@ from __future__ import annotations
 from vla_structppo.checkpoints import build_vla_policy, preflight_vla, resolve
 from vla_structppo.config import TrainConfig
 
+# The logging overrides of every test run that looks at none of it: no progress bar, no TensorBoard, no plots.
+QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0"]
+
 
 def _start(cfg: TrainConfig):
     return resolve(cfg.init_from) if cfg.init_from else None

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
     {"cli"},
     {"pipeline"},
-    {"train"},
+    {"train", "testing"},  # testing: offline tiny models; above policies, so policies never imports it
     {"eval", "hub", "predict"},
     {"checkpoints", "data"},
     {"policies", "envs", "diagnostics"},
@@ -85,6 +85,13 @@ def test_imports_point_downward_only():
             if LAYER_OF[dst] <= LAYER_OF[src]:
                 upward.append(f"{module} -> {target} ({src} on layer {LAYER_OF[src]}, {dst} on {LAYER_OF[dst]})")
     assert not upward, "\n".join(upward)
+
+
+def test_only_the_pipeline_imports_the_testing_package():
+    """The tiny offline models are for tests, demos and ``model.tiny_arch``: no loading path depends on them."""
+    users = sorted(m for m, p in _modules().items() if _unit(m) != "testing"
+                   and any(_unit(t) == "testing" for t in _imports(m, p)))
+    assert users == ["vla_structppo.pipeline"]
 
 
 def test_no_import_circles_between_files():

@@ -12,21 +12,21 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import QUIET
 
 from vla_structppo import checkpoints as ckpt
 from vla_structppo.cli import main
 from vla_structppo.config import load_config
 
 D, K = 7, 256
-LOG = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0"]
 IMAGE_TASK = ["policy.type=vla", "env.observation=image", f"env.action_dims={D}", f"env.num_bins={K}",
               "env.structured.num_goals=2", "env.image_size=16", "env.num_envs=4", "ppo.num_steps=2",
-              "ppo.total_timesteps=8", "ppo.num_minibatches=2", "ppo.num_epochs=1", *LOG]
+              "ppo.total_timesteps=8", "ppo.num_minibatches=2", "ppo.num_epochs=1", *QUIET]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+    from vla_structppo.testing.tiny_vlms import save_tiny_vla, write_action_tokenizer
 
     path = save_tiny_vla("llava", tmp_path_factory.mktemp("tiny") / "llava", seed=0, image_size=16)
     write_action_tokenizer(path, D, K)
@@ -116,7 +116,7 @@ def test_eval_uses_every_env_key_given_even_a_default(tmp_path):
     """A checkpoint trained with a non-default env setting, evaluated with that key set back to its default
     on the command line, runs on the default (it used to keep the checkpoint's value silently)."""
     main(["train", f"output_dir={tmp_path}", "name=h3", "env.structured.horizon=3", "env.num_envs=8",
-          "ppo.num_steps=3", "ppo.total_timesteps=24", "ppo.num_minibatches=2", *LOG])
+          "ppo.num_steps=3", "ppo.total_timesteps=24", "ppo.num_minibatches=2", *QUIET])
     run = tmp_path / "h3"
     args = ["eval", f"output_dir={tmp_path}", f"eval.checkpoint={run}", "eval.num_episodes=4", "eval.num_envs=2"]
     main(args)
@@ -161,7 +161,7 @@ def test_multi_task_simulators_report_one_row_per_task(monkeypatch):
     from vla_structppo.envs.sim import SimVectorEnv, make_vector
     from vla_structppo.eval import evaluate_policy
 
-    def toy(cfg, num_envs, seed):
+    def toy(cfg, num_envs, seed, chunk_size=1, group_size=1):
         tasks = [("a", "b")[j % 2] for j in range(num_envs)]
         return SimVectorEnv(make_vector([lambda t=t: ToyTask(t) for t in tasks], "sync"), ([-1.0] * D, [1.0] * D),
                             cfg.num_bins, task_labels=tasks, instructions=[f"do {t}" for t in tasks],
@@ -191,7 +191,7 @@ def test_a_vla_acts_in_a_simulator_with_its_own_action_coding(monkeypatch):
             executed.append(np.asarray(action, np.float64))
             return super().step(action)
 
-    def toy(cfg, num_envs, seed):
+    def toy(cfg, num_envs, seed, chunk_size=1, group_size=1):
         return SimVectorEnv(make_vector([lambda: Recording("b")] * num_envs, "sync"), ([-1.0] * D, [1.0] * D),
                             cfg.num_bins, task_labels=["b"] * num_envs, instructions=["do b"] * num_envs,
                             has_expert=True, seed=seed)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUIET
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -21,9 +22,9 @@ def test_two_processes_stay_in_sync_and_learn(tmp_path):
     # note: `--cpu --num_processes 2` silently runs ONE process; --multi_gpu + a CPU Accelerator runs two
     cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(WORKER),
-           str(tmp_path), f"output_dir={tmp_path}", "name=ddp", "device=cpu", "logging.progress_bar=false",
-           "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=32", "env.structured.num_goals=4",
-           "ppo.num_steps=4", "ppo.total_timesteps=3072", "ppo.num_minibatches=2", "head.fit_epochs=2"]
+           str(tmp_path), f"output_dir={tmp_path}", "name=ddp", "device=cpu", *QUIET, "env.num_envs=32",
+           "env.structured.num_goals=4", "ppo.num_steps=4", "ppo.total_timesteps=3072", "ppo.num_minibatches=2",
+           "head.fit_epochs=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(str(tmp_path / "params_rank0.safetensors"))
@@ -47,18 +48,15 @@ def test_module_entry_point_runs(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
-def test_two_processes_train_a_vla_in_sync(tmp_path):
+def test_two_processes_train_a_vla_in_sync(tmp_path, tiny_llava):
     """DDP over a peft-wrapped VLM: the adapter and heads stay identical on both ranks."""
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-
-    model = save_tiny_vla("llava", tmp_path / "tiny", seed=0)
-    write_action_tokenizer(model, 7, 256)
+    model = tiny_llava
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518", str(WORKER),
-           str(tmp_path), f"output_dir={tmp_path}", "name=ddp-vla", "device=cpu", "logging.progress_bar=false",
-           "logging.tensorboard=false", "logging.plot_every=0", "policy.type=vla", f"model.name_or_path={model}",
-           "env.observation=image", "env.action_dims=7", "env.num_bins=256", "env.num_envs=8", "env.structured.num_goals=1",
+           str(tmp_path), f"output_dir={tmp_path}", "name=ddp-vla", "device=cpu", *QUIET, "policy.type=vla",
+           f"model.name_or_path={model}", "env.observation=image", "env.action_dims=7", "env.num_bins=256",
+           "env.num_envs=8", "env.structured.num_goals=1",
            "ppo.num_steps=2", "ppo.total_timesteps=48", "ppo.num_minibatches=2", "ppo.learning_rate=1e-3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

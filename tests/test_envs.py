@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
+from helpers import QUIET
 
 from vla_structppo.checkpoints import build_agent
 from vla_structppo.config import load_config
@@ -134,7 +135,7 @@ def _sequential_return(tmp_path, horizon_end: str) -> float:
         "ppo.total_timesteps=12000", "ppo.num_epochs=4", "ppo.num_minibatches=4", "ppo.learning_rate=1e-3",
         "ppo.target_kl=0.05", "policy.hidden_size=64", "policy.value_hidden_size=64", "credit.mode=joint",
         "head.enabled=false", "seed=0", f"output_dir={tmp_path}", f"name={horizon_end}",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0", "logging.checkpoint_every=0"])
+        *QUIET, "logging.checkpoint_every=0"])
     returns = [r["rollout/normalized_return"] for r in train(cfg).history]
     return sum(returns[-3:]) / 3
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import QUIET
 
 from vla_structppo import checkpoints as ckpt
 from vla_structppo import eval as ev
@@ -21,8 +22,8 @@ from vla_structppo.train import ppo
 from vla_structppo.train.ppo import TIMING_PREFIXES, train
 
 D, K = 7, 256
-RUN = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=8",
-       "ppo.num_steps=4", "env.structured.horizon=2", "env.action_dims=3", "env.num_bins=5", "ppo.num_minibatches=2"]
+RUN = [*QUIET, "env.num_envs=8", "ppo.num_steps=4", "env.structured.horizon=2", "env.action_dims=3", "env.num_bins=5",
+       "ppo.num_minibatches=2"]
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +37,13 @@ def mlp_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vla_checkpoint(tmp_path_factory) -> Path:
+def vla_checkpoint(tmp_path_factory, tiny_llava) -> Path:
     """An SFT-style checkpoint of a tiny LLaVA (adapter + processor + action tokenizer + config.yaml)
     inside a run dir, for image observations."""
     from helpers import vla_policy
 
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-
     root = tmp_path_factory.mktemp("vla")
-    base = save_tiny_vla("llava", root / "base", seed=0)
-    write_action_tokenizer(base, D, K)
-    cfg = load_config(None, ["policy.type=vla", f"model.name_or_path={base}", "env.observation=image",
+    cfg = load_config(None, ["policy.type=vla", f"model.name_or_path={tiny_llava}", "env.observation=image",
                              f"env.action_dims={D}", f"env.num_bins={K}", "env.structured.horizon=2", "env.image_size=16",
                              f"output_dir={root}", "name=sft"])
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import QUIET
 
 from vla_structppo.bins import BinGrid
 from vla_structppo.config import ConfigError, load_config
@@ -21,8 +22,6 @@ from vla_structppo.envs.normalize import EnvNormalizer, NormalizationConfig, Run
 # find_spec, not import: importing mujoco here would fix its GL backend before envs/headless_gl.py picks one
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mujoco") is None,
                                 reason="the MuJoCo envs need the mujoco extra: pip install -e '.[mujoco]'")
-
-LOG = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0"]
 
 
 def gym_cfg(task: str, dims: int, *extra: str):
@@ -149,7 +148,7 @@ def test_saved_state_continues_bit_exactly_across_episode_ends(task, dims):
 PENDULUM = ["env.id=gym", "env.task=InvertedPendulum-v5", "env.action_dims=1", "env.num_envs=1",
             "ppo.num_steps=2048", "ppo.num_epochs=10", "ppo.num_minibatches=32", "ppo.learning_rate=3e-4",
             "ppo.lr_schedule=linear", "ppo.ent_coef=0.0", "policy.value_network=separate",
-            "policy.orthogonal_init=true", "credit.mode=joint", "head.enabled=false", *LOG]
+            "policy.orthogonal_init=true", "credit.mode=joint", "head.enabled=false", *QUIET]
 
 
 def test_joint_ppo_learns_inverted_pendulum_with_a_fixed_seed(tmp_path):
@@ -197,7 +196,7 @@ def test_autoregressive_policy_runs_on_it(tmp_path):
     from vla_structppo.train.ppo import train
 
     result = train(load_config(None, ["env.id=gym", "env.task=Pusher-v5", "env.action_dims=7", "env.num_envs=2",
-                                      "policy.type=ar_mlp", "ppo.num_steps=64", "ppo.total_timesteps=256", *LOG,
+                                      "policy.type=ar_mlp", "ppo.num_steps=64", "ppo.total_timesteps=256", *QUIET,
                                       f"output_dir={tmp_path}", "name=ar", "logging.checkpoint_every=0"]))
     assert np.isfinite(result.final["losses/policy_loss"])
 

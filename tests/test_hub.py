@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import QUIET
 from PIL import Image
 
 from vla_structppo.checkpoints import HubError, parse_hf_uri, validate_repo_id
@@ -58,19 +59,16 @@ def vla_overrides(path: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
+def run(tmp_path_factory, tiny_llava) -> dict[str, Path]:
     """A real PPO run of a tiny VLA (2 checkpoints) with a fake-but-schema-valid eval and one plot."""
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
     from vla_structppo.train.ppo import train
 
     root = tmp_path_factory.mktemp("hub")
-    tiny = save_tiny_vla("llava", root / "tiny", seed=0)
-    write_action_tokenizer(tiny, D, K)
+    tiny = tiny_llava
     cfg = load_config(None, vla_overrides(
         tiny, "env.num_envs=4", "ppo.num_steps=2", "ppo.total_timesteps=16", "ppo.num_minibatches=2",
-        "ppo.num_epochs=1", "ppo.learning_rate=1e-2", f"output_dir={root}", "name=run", "logging.progress_bar=false",
-        "logging.tensorboard=false", "logging.plot_every=0", "logging.checkpoint_every=1",
-        "logging.keep_checkpoints=5"))
+        "ppo.num_epochs=1", "ppo.learning_rate=1e-2", f"output_dir={root}", "name=run", *QUIET,
+        "logging.checkpoint_every=1", "logging.keep_checkpoints=5"))
     run_dir = train(cfg).run_dir
     (run_dir / "eval").mkdir()
     (run_dir / "eval" / "results.json").write_text(json.dumps(RESULTS))

@@ -25,8 +25,8 @@ from vla_structppo.data.lerobot import (  # noqa: E402
     LeRobotDatasetError,
     LeRobotSource,
     convert_lerobot,
-    write_lerobot,
 )
+from vla_structppo.data.lerobot_write import write_lerobot  # noqa: E402
 from vla_structppo.data.sources import resolve_demos  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lerobot"

@@ -7,6 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from helpers import QUIET
 
 from vla_structppo.config import EnvConfig, MetaWorldEnvConfig, TrainConfig
 
@@ -77,8 +78,7 @@ def test_eval_uses_the_camera_asked_for_even_the_default(tmp_path):
     from vla_structppo.cli import main
 
     common = [f"output_dir={tmp_path}", "env.id=metaworld", "env.task=reach-v3", "env.action_dims=4",
-              "env.num_bins=11", "env.max_episode_steps=2", "logging.progress_bar=false",
-              "logging.tensorboard=false", "logging.plot_every=0"]
+              "env.num_bins=11", "env.max_episode_steps=2", *QUIET]
     main(["train", *common, "name=c3", "env.metaworld.camera=corner3", "env.num_envs=2", "ppo.num_steps=2",
           "ppo.total_timesteps=4", "ppo.num_minibatches=2"])
     run = tmp_path / "c3"
@@ -196,14 +196,16 @@ def test_record_demos_keeps_successful_expert_episodes(tmp_path):
     assert stats.action_dims == 4 and stats.count == len(ds)
 
 
-def test_tiny_vla_runs_a_rendered_episode(tmp_path):
+def test_tiny_vla_runs_a_rendered_episode(tmp_path, tiny_llava):
+    import shutil
+
     import torch
     from helpers import vla_policy
 
     from vla_structppo.config import load_config
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+    from vla_structppo.testing.tiny_vlms import write_action_tokenizer
 
-    model_dir = save_tiny_vla("llava", tmp_path / "vla")
+    model_dir = shutil.copytree(tiny_llava, tmp_path / "vla")  # a copy: its action tokenizer is rewritten
     write_action_tokenizer(model_dir, action_dims=4, num_bins=256)
     cfg = load_config(None, ["policy.type=vla", f"model.name_or_path={model_dir}", "env.id=metaworld",
                              "env.task=reach-v3", "env.action_dims=4", "env.num_bins=256", "env.observation=image",

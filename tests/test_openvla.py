@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import vla_policy, vla_preflight
+from helpers import QUIET, vla_policy, vla_preflight
 
 from vla_structppo.config import load_config
 from vla_structppo.policies.action_tokenizer import ActionTokenizer, ActionTokenizerError
-from vla_structppo.policies.tiny_openvla import DEFAULT_NORM_STATS, save_tiny_openvla
 from vla_structppo.policies.vla_arch import UnsupportedArchitectureError, VLACheckpointError
+from vla_structppo.testing.tiny_openvla import DEFAULT_NORM_STATS, save_tiny_openvla
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openvla_parity.json"
 D, K = 7, 256
@@ -40,10 +40,9 @@ def released_layout(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
+def small(tiny_openvla) -> Path:
     """A faster tiny OpenVLA for training tests: 56 px pictures (16 patches), one dataset's statistics."""
-    return save_tiny_openvla(tmp_path_factory.mktemp("small") / "openvla", seed=0, image_size=56,
-                             norm_stats={"bridge_orig": DEFAULT_NORM_STATS["bridge_orig"]})
+    return tiny_openvla
 
 
 def overrides(path: Path, *extra: str) -> list[str]:
@@ -237,8 +236,7 @@ def test_predict_prints_the_action_and_its_json(released_layout, capsys):
 
 
 # -- the workflow: SFT, PPO, resume -----------------------------------------------------------------------------
-IMAGE_TASK = ["env.structured.horizon=1", "logging.progress_bar=false", "logging.tensorboard=false",
-              "logging.plot_every=0"]
+IMAGE_TASK = ["env.structured.horizon=1", *QUIET]
 
 
 def test_a_tiny_openvla_overfits_64_demonstrations(small, tmp_path):

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import QUIET
 
 from vla_structppo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=8",
-         "ppo.num_steps=4", "ppo.num_minibatches=2", "ppo.num_epochs=2", "env.structured.num_goals=4"]
+QUICK = [*QUIET, "env.num_envs=8", "ppo.num_steps=4", "ppo.num_minibatches=2", "ppo.num_epochs=2",
+         "env.structured.num_goals=4"]
 
 
 def run(tmp: Path, *args: str, verb: str = "train") -> None:
@@ -114,16 +115,12 @@ def test_a_missing_local_model_is_not_taken_for_a_hub_id(tmp_path, capsys, monke
     assert not (tmp_path / "runs").exists()
 
 
-def test_broken_model_files_fail_in_the_preflight(tmp_path, capsys):
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
-
-    good = save_tiny_vla("llava", tmp_path / "good", seed=0)
-    write_action_tokenizer(good, 7, 256)
+def test_broken_model_files_fail_in_the_preflight(tmp_path, capsys, tiny_llava):
     vla = ["policy.type=vla", "env.observation=image", "env.num_bins=256", f"output_dir={tmp_path / 'runs'}", *QUICK]
 
     def broken(name: str, damage) -> str:
         d = tmp_path / name
-        subprocess.run(["cp", "-r", str(good), str(d)], check=True)
+        subprocess.run(["cp", "-r", str(tiny_llava), str(d)], check=True)  # damage a copy, never the shared one
         damage(d)
         return cli_error(capsys, "train", *vla, f"model.name_or_path={d}", f"name={name}")
 
@@ -187,9 +184,9 @@ def test_swapped_argument_order_says_the_recipe_comes_first(capsys):
 
 
 def test_the_nan_abort_is_a_clean_error_naming_the_last_checkpoint(tmp_path, capsys, monkeypatch):
-    from vla_structppo.train import ppo
+    from vla_structppo.train import ppo_update
 
-    real = ppo.ppo_policy_loss
+    real = ppo_update.ppo_policy_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -197,7 +194,7 @@ def test_the_nan_abort_is_a_clean_error_naming_the_last_checkpoint(tmp_path, cap
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 8 else loss), m  # 4 calls per update: updates 1-2 healthy
 
-    monkeypatch.setattr(ppo, "ppo_policy_loss", poisoned)
+    monkeypatch.setattr(ppo_update, "ppo_policy_loss", poisoned)
     with pytest.warns(UserWarning, match="non-finite"):
         err = cli_error(capsys, "train", f"output_dir={tmp_path}", *QUICK, "name=nan", "ppo.total_timesteps=256",
                         "logging.checkpoint_every=1", "ppo.max_nan_updates=2")

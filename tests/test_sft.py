@@ -3,6 +3,7 @@ its checkpoint starts PPO, and bad inputs fail before any weights load with the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import QUIET
 
 from vla_structppo.config import ConfigError, load_config
 from vla_structppo.data.demos import DemoDatasetError, load_demos, save_demos
@@ -20,27 +22,28 @@ from vla_structppo.train.sft import sft
 
 # image-mode structured bandit at the VLA's shape; 8 goals = 8 distinct contexts in the demos
 ENV = ["env.action_dims=7", "env.num_bins=256", "env.structured.horizon=1", "env.structured.num_goals=8"]
-TASK = ["policy.type=vla", "env.observation=image", *ENV, "logging.progress_bar=false", "logging.tensorboard=false",
-        "logging.plot_every=0"]
+TASK = ["policy.type=vla", "env.observation=image", *ENV, *QUIET]
 # measured: 100% token accuracy by epoch 15-20 on seeds 1-5 (about 5 s on one CPU thread)
 FIT = ["sft.num_epochs=20", "sft.batch_size=16", "sft.learning_rate=1e-3", "sft.bounds=model"]
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
+@dataclasses.dataclass(frozen=True)
+class Work:
+    model: Path  # the shared tiny LLaVA: 7 dims x 256 bins on [-1, 1]
+    demos: Path  # 64 expert demonstrations of the task
+    runs: Path
 
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_llava) -> Work:
     root = tmp_path_factory.mktemp("sft")
-    model = save_tiny_vla("llava", root / "llava", seed=0)
-    write_action_tokenizer(model, action_dims=7, num_bins=256, bound=1.0)
     cfg = load_config(None, ENV)
     save_demos(structured_demos(cfg.env, 64, seed=0), root / "demos")
-    return root
+    return Work(model=tiny_llava, demos=root / "demos", runs=root / "runs")
 
 
-def _overrides(work: Path, *extra: str) -> list[str]:
-    return [*TASK, f"model.name_or_path={work / 'llava'}", f"sft.dataset={work / 'demos'}",
-            f"output_dir={work / 'runs'}", *extra]
+def _overrides(work: Work, *extra: str) -> list[str]:
+    return [*TASK, f"model.name_or_path={work.model}", f"sft.dataset={work.demos}", f"output_dir={work.runs}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,7 @@ def test_sft_overfits_demos(cloned, work):
     assert len(lines) == 20 and {"sft/loss", "sft/token_accuracy", "sft/l1"} <= set(lines[0])
     assert (cloned.run_dir / "config.yaml").is_file()
     # greedy decoding (what PPO and evaluation run) reproduces the expert's bins, not only teacher forcing
-    ds, _ = load_demos(work / "demos")
+    ds, _ = load_demos(work.demos)
     policy = cloned.policy
     inputs = policy.prepare({"image": np.stack([np.asarray(im) for im in ds["image"]]),
                              "instruction": list(ds["instruction"])})
@@ -124,7 +127,7 @@ def test_checkpoint_starts_ppo(cloned, work):
     from vla_structppo.checkpoints import build_agent, resolve
     from vla_structppo.train.ppo import train
 
-    ppo_overrides = [*TASK, f"init_from={cloned.checkpoint}", f"output_dir={work / 'runs'}", "name=ppo",
+    ppo_overrides = [*TASK, f"init_from={cloned.checkpoint}", f"output_dir={work.runs}", "name=ppo",
                      "env.num_envs=8", "ppo.num_steps=2", "ppo.total_timesteps=16", "ppo.num_minibatches=2",
                      "ppo.num_epochs=1", "ppo.learning_rate=1e-4", "model.rollout_temperature=0.5"]
     cfg = load_config(None, ppo_overrides)
@@ -186,7 +189,7 @@ def test_action_width_mismatch_names_both(work, tmp_path):
 
 def test_sft_needs_a_dataset_and_a_vla(work):
     with pytest.raises(ConfigError, match="sft.dataset is not set"):
-        sft(load_config(None, [*TASK, f"model.name_or_path={work / 'llava'}"]))
+        sft(load_config(None, [*TASK, f"model.name_or_path={work.model}"]))
     with pytest.raises(ConfigError, match="policy.type=vla"):
         sft(load_config(None, ["sft.dataset=x"]))
 

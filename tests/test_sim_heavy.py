@@ -222,19 +222,16 @@ def _record_libero_hdf5(path, demos: int = 2, steps: int = 8) -> None:
 
 
 @needs_libero
-def test_libero_hdf5_demos_convert_then_sft_ppo_eval(tmp_path) -> None:
+def test_libero_hdf5_demos_convert_then_sft_ppo_eval(tmp_path, tiny_llava) -> None:
     """LIBERO's own demonstration layout -> OpenVLA preprocessing -> SFT of a tiny VLA -> PPO -> eval, on CPU."""
     from vla_structppo.cli import main
     from vla_structppo.data.demos import load_demos
-    from vla_structppo.policies.tiny import save_tiny_vla, write_action_tokenizer
 
     _record_libero_hdf5(tmp_path / "pick_up_the_black_bowl_demo.hdf5")
     main(["convert", "libero", str(tmp_path / "pick_up_the_black_bowl_demo.hdf5"), f"out={tmp_path / 'demos'}"])
     ds, _ = load_demos(tmp_path / "demos")
     assert len(ds) == 2 * 6  # the first two no-op steps of each demo dropped
-    model = save_tiny_vla("llava", tmp_path / "vla", seed=0)
-    write_action_tokenizer(model, action_dims=7, num_bins=256, bound=1.0)
-    common = ["policy.type=vla", f"model.name_or_path={tmp_path / 'vla'}", "env.id=libero", "env.task=libero_spatial",
+    common = ["policy.type=vla", f"model.name_or_path={tiny_llava}", "env.id=libero", "env.task=libero_spatial",
               "env.observation=image", "env.image_size=64", "env.action_dims=7", "env.num_bins=256",
               "env.num_envs=2", "env.max_episode_steps=4", "env.libero.settle_steps=1", f"output_dir={tmp_path}",
               "logging.progress_bar=false", "logging.report_to=[none]", "logging.plot_every=0"]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vla_structppo.policies.bin_rows import ordinal_rows
-from vla_structppo.policies.tiny import (
+from vla_structppo.testing.bin_rows import ordinal_rows
+from vla_structppo.testing.tiny_vlms import (
     HF_TINY_ARCHS,
     NUM_ACTION_FILLERS,
     build_tiny_vla,

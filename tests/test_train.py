@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
+from helpers import QUIET
 
 from vla_structppo import checkpoints as ckpt
 from vla_structppo.config import load_config
-from vla_structppo.train import ppo
+from vla_structppo.train import ppo, ppo_update, schedule
 from vla_structppo.train.ppo import TIMING_PREFIXES, NonFiniteLossError, train
 
 
@@ -21,8 +22,7 @@ def learning_metrics(records):
 @pytest.mark.parametrize("mode", ["joint", "counterfactual"])
 def test_reaches_90_percent_of_optimal_on_additive_d7(tmp_path, mode):
     cfg = load_config(None, [
-        f"output_dir={tmp_path}", f"name={mode}", "seed=1", "logging.progress_bar=false",
-        "logging.tensorboard=false", "logging.plot_every=0", "env.action_dims=7", "env.num_bins=11",
+        f"output_dir={tmp_path}", f"name={mode}", "seed=1", *QUIET, "env.action_dims=7", "env.num_bins=11",
         "env.structured.num_goals=4", "env.num_envs=64", "ppo.num_steps=4", "ppo.total_timesteps=8192",
         "head.fit_epochs=4", f"credit.mode={mode}",
     ])
@@ -55,18 +55,18 @@ def test_resume_continues_exactly(tmp_path, schedule):
     class Stop(Exception):
         pass
 
-    original = ppo._save_checkpoint
+    original = ppo.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         original(*args, **kwargs)
         raise Stop
 
-    ppo._save_checkpoint = save_then_stop
+    ppo.save_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             train(part)
     finally:
-        ppo._save_checkpoint = original
+        ppo.save_checkpoint = original
     resumed = train(C.load_config(None, common + ["name=split", "logging.checkpoint_every=2",
                                                   f"resume={tmp_path / 'split'}"]))
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_gradient_accumulation_invariance(quick_overrides):
 def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrides, monkeypatch):
     cfg = load_config(None, quick_overrides + ["name=nan", "ppo.total_timesteps=640", "logging.checkpoint_every=1",
                                                "ppo.max_nan_updates=3"])
-    real = ppo.ppo_policy_loss
+    real = ppo_update.ppo_policy_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -98,7 +98,7 @@ def test_non_finite_loss_skips_then_aborts_keeping_last_checkpoint(quick_overrid
         # updates 1-2 are healthy (4 epochs x 4 minibatches each), everything after is NaN
         return (loss * float("nan") if calls["n"] > 32 else loss), m
 
-    monkeypatch.setattr(ppo, "ppo_policy_loss", poisoned)
+    monkeypatch.setattr(ppo_update, "ppo_policy_loss", poisoned)
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteLossError, match="the last good checkpoint is"):
         train(cfg)
     run = cfg.run_dir
@@ -177,31 +177,30 @@ def test_reward_scale_scales_value_targets_not_logged_returns(quick_overrides):
 
 def test_adaptive_lr_scale_steers_to_the_desired_kl():
     desired = 0.01
-    assert ppo._adapt_lr_scale(1.0, 0.001, desired) == pytest.approx(1.5)   # under half: faster
-    assert ppo._adapt_lr_scale(1.0, 0.05, desired) == pytest.approx(1 / 1.5)  # over twice: slower
-    assert ppo._adapt_lr_scale(1.0, 0.01, desired) == 1.0                    # within [half, twice]: kept
-    assert ppo._adapt_lr_scale(1.0, float("nan"), desired) == 1.0            # a skipped update changes nothing
-    low, high = ppo.ADAPTIVE_SCALE_BOUNDS
-    assert ppo._adapt_lr_scale(low, 1.0, desired) == low and ppo._adapt_lr_scale(high, 0.0, desired) == high
+    assert schedule.adapt_lr_scale(1.0, 0.001, desired) == pytest.approx(1.5)   # under half: faster
+    assert schedule.adapt_lr_scale(1.0, 0.05, desired) == pytest.approx(1 / 1.5)  # over twice: slower
+    assert schedule.adapt_lr_scale(1.0, 0.01, desired) == 1.0                    # within [half, twice]: kept
+    assert schedule.adapt_lr_scale(1.0, float("nan"), desired) == 1.0            # a skipped update changes nothing
+    low, high = schedule.ADAPTIVE_SCALE_BOUNDS
+    assert schedule.adapt_lr_scale(low, 1.0, desired) == low and schedule.adapt_lr_scale(high, 0.0, desired) == high
 
 
 def test_adaptive_schedule_moves_only_the_policy_rate(tmp_path):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=adaptive", "logging.progress_bar=false",
-                             "logging.tensorboard=false", "logging.plot_every=0", "env.num_envs=8", "ppo.num_steps=4",
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=adaptive", *QUIET, "env.num_envs=8", "ppo.num_steps=4",
                              "ppo.total_timesteps=128", "ppo.lr_schedule=adaptive", "ppo.desired_kl=1e-9",
                              "ppo.learning_rate=1e-3", "ppo.head_learning_rate=2e-3", "credit.mode=counterfactual"])
     seen = []
-    original = ppo._ppo_epochs
+    original = ppo.ppo_epochs
 
     def spy(agent, optimizer, *args, **kwargs):
         seen.append([g["lr"] for g in optimizer.param_groups])
         return original(agent, optimizer, *args, **kwargs)
 
-    ppo._ppo_epochs = spy
+    ppo.ppo_epochs = spy
     try:
         result = train(cfg)
     finally:
-        ppo._ppo_epochs = original
+        ppo.ppo_epochs = original
     # every update's KL is far over 2 x 1e-9: the policy's rate falls by 1.5 per update, value and head stay put
     assert [round(lrs[0] / 1e-3, 6) for lrs in seen] == [round(1.5 ** -k, 6) for k in range(4)]
     assert all(lrs[1:] == [1e-3, 2e-3] for lrs in seen)

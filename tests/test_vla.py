@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import vla_policy, vla_preflight
+from helpers import QUIET, vla_policy, vla_preflight
 from safetensors.torch import load_file
 
 from vla_structppo.checkpoints import CheckpointError
 from vla_structppo.config import load_config
 from vla_structppo.envs import make_env
 from vla_structppo.policies.action_tokenizer import ActionTokenizerError
-from vla_structppo.policies.tiny import TINY_ARCHS, save_tiny_vla, write_action_tokenizer
 from vla_structppo.policies.vla_arch import ARCHS, UnsupportedArchitectureError, VLACheckpointError
+from vla_structppo.testing.tiny_vlms import TINY_ARCHS, save_tiny_vla, write_action_tokenizer
 
 D, K = 7, 256
 LM_PATH = {"paligemma": "model.language_model", "paligemma2": "model.language_model",
@@ -34,20 +34,15 @@ PROJ = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+def tiny_dirs(tmp_path_factory, tiny_llava, tiny_openvla) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-vla")
-    dirs = {}
+    # the session's shared models; openvla codes actions itself, from one dataset's statistics (56 px: 16 patches)
+    dirs = {"llava": tiny_llava, "openvla": tiny_openvla}
     for arch in TINY_ARCHS:
-        if arch == "openvla":  # its own action coding from one dataset's statistics; 56 px -> 16 patches
-            from vla_structppo.policies.tiny_openvla import DEFAULT_NORM_STATS
-
-            dirs[arch] = save_tiny_vla(arch, root / arch, seed=0, image_size=56,
-                                       norm_stats={"bridge_orig": DEFAULT_NORM_STATS["bridge_orig"]})
-            continue
-        d = save_tiny_vla(arch, root / arch, seed=0)
-        write_action_tokenizer(d, D, K)
-        dirs[arch] = d
-    return dirs
+        if arch not in dirs:
+            dirs[arch] = save_tiny_vla(arch, root / arch, seed=0)
+            write_action_tokenizer(dirs[arch], D, K)
+    return {arch: dirs[arch] for arch in TINY_ARCHS}
 
 
 def base_weights(arch: str, path: Path) -> dict[str, torch.Tensor]:
@@ -175,8 +170,7 @@ def quick_vla_run(path: Path, tmp: Path, name: str, *extra: str):
     cfg = load_config(None, vla_overrides(
         path, "env.structured.horizon=1", "env.structured.num_goals=1", "env.num_envs=4", "ppo.num_steps=2", "ppo.total_timesteps=16",
         "ppo.num_minibatches=2", "ppo.num_epochs=1", "ppo.learning_rate=1e-3", f"output_dir={tmp}", f"name={name}",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot_every=0",
-        "logging.checkpoint_every=1", "logging.keep_checkpoints=5", *extra))
+        *QUIET, "logging.checkpoint_every=1", "logging.keep_checkpoints=5", *extra))
     return train(cfg)
 
 
@@ -273,8 +267,7 @@ def test_ppo_with_a_tiny_vla_raises_the_return(tiny_dirs, tmp_path):
     cfg = load_config(None, vla_overrides(
         tiny_dirs["llava"], "env.structured.horizon=1", "env.structured.num_goals=1", "env.num_envs=16", "ppo.num_steps=4",
         "ppo.total_timesteps=1280", "ppo.num_minibatches=2", "ppo.num_epochs=2", "ppo.learning_rate=5e-4",
-        "ppo.lr_schedule=constant", f"output_dir={tmp_path}", "name=learn", "logging.progress_bar=false",
-        "logging.tensorboard=false", "logging.plot_every=0", "logging.checkpoint_every=0"))
+        "ppo.lr_schedule=constant", f"output_dir={tmp_path}", "name=learn", *QUIET, "logging.checkpoint_every=0"))
     history = train(cfg).history
     ret = [r["rollout/normalized_return"] for r in history]
     assert np.mean(ret[-3:]) > np.mean(ret[:3]) + 0.3, ret

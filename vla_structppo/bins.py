@@ -32,6 +32,10 @@ class BinCoding(Protocol):
 
     def decode(self, bins: np.ndarray) -> np.ndarray: ...
 
+    def unnormalize(self, x: np.ndarray) -> np.ndarray:
+        """Normalised continuous actions ``[..., D]`` in [-1, 1] (a regression head's) -> the env's actions."""
+        ...
+
 
 class BinGrid:
     """``num_bins`` points per dim spanning ``[low_i, high_i]`` (``low``, ``high``: D floats each)."""
@@ -71,6 +75,10 @@ class BinGrid:
             raise ValueError(f"bins must lie in 0..{self.num_bins - 1}, got {int(b.min())}..{int(b.max())}")
         return self.low + (self.high - self.low) * b / (self.num_bins - 1)
 
+    def unnormalize(self, x: np.ndarray) -> np.ndarray:
+        """``[-1, 1]`` -> ``[low, high]`` per dim."""
+        return self.low + (self.high - self.low) * (np.clip(np.asarray(x, np.float64), -1.0, 1.0) + 1.0) / 2.0
+
     def values(self) -> np.ndarray:
         """``[K, D]``: the continuous value of bin k in dim i."""
         return self.decode(np.repeat(np.arange(self.num_bins)[:, None], self.action_dims, axis=1))
@@ -83,12 +91,13 @@ class OpenVLABins:
     [-1, 1] (a dim whose min equals its max, ``fixed``, becomes 0); the others (the gripper) are kept; then
     ``np.digitize`` over 256 uniform edges on [-1, 1] gives ``d`` in 1..256, and bin ``k = d - 1``. Decode:
     ``k`` is clipped to 0..254 and mapped to the 255 bin centres (the two highest bins decode alike), then
-    un-normalised with ``where(mask, 0.5 (x + 1) (q99 - q01) + q01, x)``. The vocabulary token of bin k is
-    ``31999 - k`` (``32000 - d``; the action tokenizer's ``openvla`` mode).
+    un-normalised with ``where(mask, 0.5 (x + 1) (q99 - q01 + eps) + q01, x)`` (``eps`` 0 in OpenVLA, 1e-8 in
+    OpenVLA-OFT). The vocabulary token of bin k is ``31999 - k`` (``32000 - d``; the action tokenizer's ``openvla``
+    mode).
     """
 
     def __init__(self, q01: Sequence[float], q99: Sequence[float], mask: Sequence[bool] | None = None,
-                 fixed: Sequence[bool] | None = None, num_bins: int = 256) -> None:
+                 fixed: Sequence[bool] | None = None, num_bins: int = 256, eps: float = 0.0) -> None:
         self.q01 = np.asarray(q01, dtype=np.float64)
         self.q99 = np.asarray(q99, dtype=np.float64)
         D = len(self.q01)
@@ -97,6 +106,7 @@ class OpenVLABins:
         if not (self.q99.shape == self.mask.shape == self.fixed.shape == (D,)):
             raise ValueError(f"q01, q99, mask and fixed must have one entry per dim ({D})")
         self.num_bins = int(num_bins)
+        self.eps = float(eps)
         self.edges = np.linspace(-1.0, 1.0, self.num_bins)
         self.centers = (self.edges[:-1] + self.edges[1:]) / 2.0
 
@@ -119,5 +129,10 @@ class OpenVLABins:
         b = np.asarray(bins, np.int64)
         if b.size and (b.min() < 0 or b.max() >= self.num_bins):
             raise ValueError(f"bins must lie in 0..{self.num_bins - 1}, got {int(b.min())}..{int(b.max())}")
-        x = self.centers[np.clip(b, 0, self.num_bins - 2)]
+        return self.unnormalize(self.centers[np.clip(b, 0, self.num_bins - 2)])
+
+    def unnormalize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if self.eps:
+            return np.where(self.mask, 0.5 * (x + 1) * (self.q99 - self.q01 + self.eps) + self.q01, x)
         return np.where(self.mask, 0.5 * (x + 1) * (self.q99 - self.q01) + self.q01, x)

@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace, command: str) -> None:
         from .predict import format_action, predict, predict_inputs
 
         inputs, overrides = predict_inputs(args.args)
-        print(format_action(predict(args.model, inputs["image"], inputs["instruction"], overrides), args.json))
+        print(format_action(predict(args.model, inputs["image"], inputs["instruction"], overrides,
+                                    wrist=inputs.get("wrist"), state=inputs.get("state")), args.json))
         return
     recipe = args.recipe
     overrides = list(args.overrides)
@@ -178,7 +179,7 @@ def _demos(cfg: TrainConfig) -> None:
 
     ds = record_demos(cfg)
     if cfg.demos.format == "lerobot":
-        from .data.lerobot import write_lerobot
+        from .data.lerobot_write import write_lerobot
 
         path = write_lerobot(ds, cfg.sft.dataset, fps=cfg.demos.fps, recording=recording_of(cfg),
                              robot_type=f"vla_structppo/{cfg.env.id}")

@@ -68,7 +68,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 CREDIT_MODES = ("joint", "shared_local", "structured", "counterfactual")
 HEAD_MODES = ("shared_local", "structured", "counterfactual")
 CENTERINGS = ("policy", "uniform", "none")
-RATIOS = ("joint", "token", "token_clip")
+RATIOS = ("joint", "action", "token", "token_clip")
+DECODINGS = ("autoregressive", "parallel")
+ESTIMATORS = ("gae", "grpo")
+AGGREGATIONS = ("sample_mean", "token_mean")
+ACTION_HEADS = ("tokens", "l1")
 SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")
 BASELINE_SCALES = ("one", "fitted")
@@ -207,9 +211,17 @@ class LiberoEnvConfig:
     crop of 0.9 of the area resized back; the gripper mapped [0, 1] -> [-1, 1], binarised and inverted)."""
     render_size: int = 256
     """``protocol: openvla``: the side the camera renders at before the resize (OpenVLA renders LIBERO at 256)."""
+    wrist_camera: bool = False
+    """Also give the wrist camera (``robot0_eye_in_hand``, prepared the same way) as a second picture: ``obs["image"]
+    [N, 2, S, S, 3]``, third-person first (OpenVLA-OFT's official layout, ``model.num_images: 2``)."""
+    state_format: str = "quat"
+    """``state_obs``'s robot state: ``quat`` (end-effector position, quaternion, gripper joints: 9 floats) or
+    ``axis_angle`` (position, axis-angle, gripper joints: 8 floats, OpenVLA-OFT's proprio input)."""
 
     def problems(self, env: EnvConfig) -> list[str]:
         out = [f"env.libero.settle_steps must be >= 0, got {self.settle_steps}"] if self.settle_steps < 0 else []
+        if self.state_format not in ("quat", "axis_angle"):
+            out.append(_not_one_of("env.libero.state_format", self.state_format, ("quat", "axis_angle")))
         if self.protocol not in LIBERO_PROTOCOLS:
             out.append(_not_one_of("env.libero.protocol", self.protocol, LIBERO_PROTOCOLS))
         if self.render_size < 1:
@@ -409,6 +421,15 @@ class ModelConfig:
     the importance ratio is exact (evaluation is greedy or uses ``eval.temperature``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on big models)."""
+    num_images: int = 1
+    """Pictures per observation (OpenVLA-OFT's official layout: 2 = third-person + wrist camera; the env gives
+    ``obs["image"] [N, V, H, W, 3]``)."""
+    use_proprio: bool = False
+    """OpenVLA-OFT: feed the robot state (``obs["state"]``) as one token through the checkpoint's proprio projector
+    (``proprio_projector--*_checkpoint.pt``)."""
+    action_head: str = "tokens"
+    """``tokens``: act with the LM head's action tokens (what PPO trains). ``l1``: OpenVLA-OFT's L1 regression head
+    (``action_head--*_checkpoint.pt``), continuous actions: evaluation and predict only."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -439,6 +460,10 @@ class SFTConfig:
     """``upfront``: every sample through the processor once, kept in memory (fast epochs); ``per_batch``: each
     minibatch processed when it is drawn (memory holds one batch: datasets larger than memory); ``auto``:
     upfront up to 20,000 samples."""
+    chunk_tail: str = "repeat"
+    """Action chunks (``action.chunk_size > 1``): a step's target is the next H actions of its episode; near the
+    end ``repeat`` fills the chunk with the episode's last action (OpenVLA-OFT's clamped chunk indices), ``drop``
+    gives the last H - 1 steps no sample (OFT's released data pipeline) (data/chunks.py)."""
 
 
 @dataclass
@@ -587,6 +612,15 @@ class PPOConfig:
     reward_scale: float = 1.0
     """Rewards are multiplied by this before GAE (logged episode returns stay in the env's units); e.g.
     0.1 for MetaWorld's dense reward of 0-10 per step."""
+    clip_range_high: Optional[float] = None  # noqa: UP045
+    """Upper clip: the ratio is clipped to ``[1 - clip_coef, 1 + clip_range_high]`` (clip-higher: 0.28 in
+    SimpleVLA-RL / RLinf with clip_coef 0.2); null = ``clip_coef``."""
+    dual_clip: Optional[float] = None  # noqa: UP045
+    """Dual clip ``c > 1`` (Ye et al. 2020; 3.0 in RLinf): a negative advantage's term is bounded below by ``c A``, so a
+    large ratio on a bad action cannot dominate; null = off."""
+    loss_aggregation: str = "sample_mean"
+    """``sample_mean``: a decision's token terms summed, averaged over decisions (the design); ``token_mean``: every
+    counted token weighted alike (SimpleVLA-RL, RLinf: ``sample_mean / D`` when all D tokens count)."""
 
 
 @dataclass
@@ -612,6 +646,85 @@ class LoggingConfig:
     ``<run>/mlruns``; trackio and TensorBoard are local anyway."""
     tensorboard: Optional[bool] = None  # noqa: UP045
     """Older spelling: ``false`` drops ``tensorboard`` from ``report_to``, ``true`` adds it."""
+
+
+@dataclass
+class ActionConfig:
+    """``action``: what one decision of the policy is (docs/vla.md, "Action chunks")."""
+
+    chunk_size: int = 1
+    """H: env steps per decision. The policy emits H x ``env.action_dims`` action tokens at once, the env executes
+    them open loop (an episode ending inside the chunk drops the rest) and GAE runs over decisions (OpenVLA-OFT: 8
+    on LIBERO, 25 on ALOHA). VLA policies only."""
+    decoding: str = "autoregressive"
+    """``autoregressive`` (each action token sees the earlier ones; KV-cached decoding) or ``parallel``
+    (OpenVLA-OFT: every token from one bidirectional forward over zeroed slots, independent given the
+    observation; the architectures with a Llama text model: openvla, llava, idefics3)."""
+
+    def problems(self, cfg: TrainConfig) -> list[str]:
+        out = []
+        if self.chunk_size < 1:
+            out.append(f"action.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.decoding not in DECODINGS:
+            out.append(_not_one_of("action.decoding", self.decoding, DECODINGS))
+        if cfg.policy.type != "vla" and (self.chunk_size > 1 or self.decoding != "autoregressive"):
+            out.append(f"action.chunk_size / action.decoding are for VLA policies (policy.type=vla); "
+                       f"policy.type={cfg.policy.type!r} acts one step at a time")
+        if self.chunk_size > 1 and cfg.env.id == "structured" and cfg.env.structured.autoreset_mode != "same_step":
+            out.append("action.chunk_size > 1 needs env.structured.autoreset_mode=same_step (a chunk stops where its "
+                       "episode ends)")
+        if self.chunk_size > 1 and cfg.env.id == "gym" and cfg.env.gym.normalize_reward:
+            out.append("action.chunk_size > 1 with env.id=gym needs env.gym.normalize_reward=false (the chunk's "
+                       "per-step rewards are discounted by the trainer, in the env's units)")
+        return out
+
+
+@dataclass
+class AdvantageConfig:
+    """``advantage``: where the advantage the credit modes split comes from (docs/algorithm.md, "GRPO")."""
+
+    estimator: str = "gae"
+    """``gae``: a critic and GAE (``ppo.gamma``, ``ppo.gae_lambda``). ``grpo``: no critic; the envs run in groups of
+    ``group_size`` started from the same initial state, one whole episode each, and every decision of an episode
+    gets ``(R - mean_group) / (std_group + 1e-6)``, R = its return x ``ppo.reward_scale`` (SimpleVLA-RL, RLinf)."""
+    group_size: int = 8
+    """GRPO: episodes per group (envs started alike); must divide the envs of every process."""
+
+    def problems(self, cfg: TrainConfig) -> list[str]:
+        out = []
+        if self.estimator not in ESTIMATORS:
+            out.append(_not_one_of("advantage.estimator", self.estimator, ESTIMATORS))
+        if self.group_size < 1:
+            out.append(f"advantage.group_size must be >= 1, got {self.group_size}")
+        elif self.estimator == "grpo" and cfg.env.num_envs % self.group_size:
+            out.append(f"advantage.group_size={self.group_size} must divide env.num_envs={cfg.env.num_envs} (every "
+                       "group is a block of envs started alike)")
+        if self.estimator == "grpo" and cfg.ppo.critic_warmup_updates > 0:
+            out.append("ppo.critic_warmup_updates > 0 warms up a critic, and advantage.estimator=grpo has none: set "
+                       "it to 0")
+        return out
+
+
+@dataclass
+class RolloutConfig:
+    """``rollout``: which collected experience an update learns from."""
+
+    filter_groups: Optional[List[float]] = None  # noqa: UP006, UP045
+    """GRPO's dynamic sampling: keep only the groups whose success rate lies in ``[low, high]`` (SimpleVLA-RL:
+    [0.1, 0.9]; all-fail and all-succeed groups carry no signal); null = keep every group."""
+
+    def problems(self, cfg: TrainConfig) -> list[str]:
+        if self.filter_groups is None:
+            return []
+        band = list(self.filter_groups)
+        out = []
+        if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+            out.append(f"rollout.filter_groups must be [low, high] with 0 <= low <= high <= 1, got {band}")
+        if cfg.advantage.estimator != "grpo":
+            out.append("rollout.filter_groups filters GRPO's groups: it needs advantage.estimator=grpo")
+        return out
+
+
 
 
 @dataclass
@@ -641,6 +754,9 @@ class TrainConfig:
     credit: CreditConfig = field(default_factory=CreditConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -649,7 +765,26 @@ class TrainConfig:
 
     @property
     def num_updates(self) -> int:
-        return max(1, self.ppo.total_timesteps // self.batch_size)
+        return max(1, self.ppo.total_timesteps // self.env_steps_per_update)
+
+    @property
+    def needs_critic(self) -> bool:
+        """Whether the advantage estimator uses a value head (GAE does, GRPO does not)."""
+        return self.advantage.estimator == "gae"
+
+    @property
+    def max_decisions(self) -> int:
+        """Decisions an episode can take: its step limit over the chunk size (rounded up)."""
+        return -(-self.env.episode_limit // self.action.chunk_size)
+
+    @property
+    def env_steps_per_update(self) -> int:
+        """Env steps an update collects at most: ``num_envs x num_steps x chunk_size`` (GAE) or every env's episode
+        at its longest (GRPO)."""
+        if self.advantage.estimator == "grpo":
+            return self.env.num_envs * self.max_decisions * self.action.chunk_size
+        return self.batch_size * self.action.chunk_size
+
 
     @property
     def run_dir(self) -> Path:
@@ -661,6 +796,8 @@ class TrainConfig:
         Each section checks its own fields (``EnvConfig.problems`` and the simulators' sections); what
         is left here are choices and combinations across sections."""
         problems: list[str] = list(self.env.problems())
+        for section in (self.action, self.advantage, self.rollout):
+            problems.extend(section.problems(self))
 
         def choice(key: str, value: str, options: tuple[str, ...]) -> None:
             if value not in options:
@@ -678,6 +815,7 @@ class TrainConfig:
         choice("model.dtype", self.model.dtype, DTYPES)
         choice("sft.bounds", self.sft.bounds, ("dataset", "model"))
         choice("sft.preprocess", self.sft.preprocess, ("auto", "upfront", "per_batch"))
+        choice("sft.chunk_tail", self.sft.chunk_tail, ("repeat", "drop"))
         choice("demos.format", self.demos.format, ("datasets", "lerobot"))
         if not self.demos.fps > 0:
             problems.append(f"demos.fps must be > 0, got {self.demos.fps}")
@@ -695,6 +833,17 @@ class TrainConfig:
             if name not in (*TRACKERS, "all", "none"):
                 problems.append(_not_one_of("logging.report_to entry", name, (*TRACKERS, "all", "none")))
         choice("ppo.lr_schedule", self.ppo.lr_schedule, LR_SCHEDULES)
+        choice("ppo.loss_aggregation", self.ppo.loss_aggregation, AGGREGATIONS)
+        choice("model.action_head", self.model.action_head, ACTION_HEADS)
+        if self.ppo.clip_range_high is not None and not self.ppo.clip_range_high > 0:
+            problems.append(f"ppo.clip_range_high must be > 0 (or null: clip_coef), got {self.ppo.clip_range_high}")
+        if self.ppo.dual_clip is not None and not self.ppo.dual_clip > 1:
+            problems.append(f"ppo.dual_clip must be > 1 (or null: off), got {self.ppo.dual_clip}")
+        if self.model.num_images < 1:
+            problems.append(f"model.num_images must be >= 1, got {self.model.num_images}")
+        if self.model.action_head == "l1" and self.action.decoding != "parallel":
+            problems.append("model.action_head=l1 reads the hidden states of OpenVLA-OFT's parallel-decoded action "
+                            "slots: set action.decoding=parallel (and action.chunk_size to the checkpoint's chunk)")
         choice("device", self.device, DEVICES)
         e, p = self.env, self.ppo
         at_least([("eval.num_episodes", self.eval.num_episodes, 1), ("eval.num_envs", self.eval.num_envs, 1),
@@ -748,7 +897,7 @@ class TrainConfig:
                 "set head.enabled=true or credit.mode=joint"
             )
         micro = p.num_minibatches * p.gradient_accumulation_steps
-        if self.batch_size % micro:
+        if self.batch_size % micro and self.advantage.estimator == "gae":  # GRPO's batches vary with the episodes
             problems.append(
                 f"batch num_envs*num_steps={self.batch_size} is not divisible by "
                 f"num_minibatches*gradient_accumulation_steps={micro}"

@@ -74,29 +74,43 @@ def credit_summary(head: HeadOutput) -> tuple[dict[str, float], np.ndarray, np.n
     scalars["credit/pair_abs_mean"] = float(pair_heat[iu[0], iu[1]].mean()) if D > 1 else 0.0
     scalars["credit/shared_mean"] = float(head.shared.detach().mean())
     table = torch.stack([u.abs().mean(0), u.std(0) if len(u) > 1 else u[0] * 0, delta.mean(0), delta.std(0) if len(u) > 1 else u[0] * 0])
-    return scalars, table.numpy(), pair_heat.numpy()
+    return scalars, table.cpu().numpy(), pair_heat.cpu().numpy()
 
 
-def plot_credit(per_dim: np.ndarray, pair_heat: np.ndarray, path: str | Path | None, title: str = "") -> np.ndarray:
+def plot_credit(per_dim: np.ndarray, pair_heat: np.ndarray, path: str | Path | None, title: str = "",
+                step_dims: int | None = None) -> np.ndarray:
     """Bar chart of ``E|u~_i|`` (with std) and heatmap of ``E|p~_ij|``; saved to ``path``; returns
-    the image as ``[H, W, 3]`` uint8 (for TensorBoard)."""
+    the image as ``[H, W, 3]`` uint8 (for TensorBoard). ``step_dims``: an action chunk's dims per step, so the
+    tokens are labelled ``(step, dim)`` and the steps' boundaries drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     D = per_dim.shape[1]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=90)
-    ax1.bar(np.arange(D), per_dim[0], yerr=per_dim[1], color="tab:blue", alpha=0.8, capsize=3)
-    ax1.set_xticks(np.arange(D))
-    ax1.set_xlabel("action dim i")
+    chunked = step_dims is not None and 0 < step_dims < D and D % step_dims == 0
+    if chunked and D > 16:  # wide chunks: one tick label per step, at its first token
+        ticks, labels = np.arange(0, D, step_dims), [f"{t},0" for t in range(D // step_dims)]
+    else:
+        ticks = np.arange(D)
+        labels = [f"{i // step_dims},{i % step_dims}" for i in ticks] if chunked else [str(i) for i in ticks]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6) if D <= 16 else (12, 5), dpi=90)
+    ax1.bar(np.arange(D), per_dim[0], yerr=per_dim[1], color="tab:blue", alpha=0.8, capsize=3 if D <= 16 else 0)
+    style = {"rotation": 90, "fontsize": 7} if chunked else {}
+    ax1.set_xticks(ticks, labels, **style)
+    ax1.set_xlabel("action token (step, dim)" if chunked else "action dim i")
     ax1.set_ylabel("E|u~_i|  (bar: std)")
     ax1.set_title("per-dim credit")
     im = ax2.imshow(np.triu(pair_heat, 1), cmap="viridis")
-    ax2.set_xticks(np.arange(D))
-    ax2.set_yticks(np.arange(D))
-    ax2.set_xlabel("j")
-    ax2.set_ylabel("i")
+    ax2.set_xticks(ticks, labels, **style)
+    ax2.set_yticks(ticks, labels, **({"fontsize": 7} if chunked else {}))
+    ax2.set_xlabel("j (step, dim)" if chunked else "j")
+    ax2.set_ylabel("i (step, dim)" if chunked else "i")
+    if chunked:  # the chunk's steps
+        for b in np.arange(step_dims, D, step_dims) - 0.5:
+            ax1.axvline(b, color="grey", lw=0.6)
+            ax2.axvline(b, color="white", lw=0.4)
+            ax2.axhline(b, color="white", lw=0.4)
     ax2.set_title("pairwise E|p~_ij| (i<j)")
     fig.colorbar(im, ax=ax2, fraction=0.046)
     if title:

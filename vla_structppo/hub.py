@@ -119,7 +119,7 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
                train_command: str | None = None, base_model: str | None = None) -> str:
     """The README.md of the pushed repo: YAML metadata (peft, base model, tags, model-index) + body.
     ``base_model``: the base VLA (followed through ``init_from``); ``cfg.model.name_or_path`` when None."""
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
     env_id, env_task = cfg.env.id, cfg.env.task
     base_name = base_model or cfg.model.name_or_path
@@ -129,20 +129,9 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
             _tag(env_id)]
     if env_task:
         tags.append(_tag(env_task))
-    eval_results = []
-    for task, row in (results or {}).get("tasks", {}).items():
-        lo, hi = row["ci95"]
-        dataset = env_id if task in ("", env_id) else f"{env_id} {task}"
-        eval_results.append(EvalResult(
-            task_type="reinforcement-learning", task_name="robotics", dataset_type=env_id, dataset_name=dataset,
-            dataset_config=task or env_id, metric_type="success_rate", metric_value=float(row["success_rate"]),
-            metric_name=f"success rate (95% CI {_fmt(lo)}-{_fmt(hi)}, {row['episodes']} episodes)",
-            metric_args={"ci95": [float(lo), float(hi)], "episodes": int(row["episodes"]),
-                         "deterministic": bool(results.get("deterministic", True))},  # type: ignore[union-attr]
-        ))
     data = ModelCardData(library_name="peft" if lora else "transformers", base_model=base, tags=tags,
                          pipeline_tag="robotics", model_name=repo_id.split("/", 1)[1],
-                         eval_results=eval_results or None)
+                         eval_results=_eval_results(env_id, results) or None)
     name = repo_id.split("/", 1)[1]
     where = f"`{env_id}`" + (f" task `{env_task}`" if env_task else "")
     kind = "A LoRA adapter (peft)" if lora else "A fully fine-tuned model"
@@ -161,7 +150,46 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
     heads = [f"`{f}`" for f in ("value_head.safetensors", "advantage_head.safetensors") if f in files]
     if heads:
         lines.append(f"- PPO heads (value, structured advantage) to continue training: {', '.join(heads)}")
-    lines += ["", "## Evaluation", ""]
+    lines += ["", "## Evaluation", "", *_evaluation_lines(results, env_id)]
+    lines += [
+        "", "## Reproduce", "",
+        "The resolved config of this checkpoint is `config.yaml` in this repo"
+        + (f" (it started from `init_from={cfg.init_from}`, which you need too)" if cfg.init_from else "") + ":", "",
+        "```bash", cmd, "```",
+        "", "## Use", "",
+        "Start training or evaluation from it (the files download into the Hugging Face cache):", "",
+        "```bash", f"vla-structppo train RECIPE init_from=hf://{repo_id}",
+        f"vla-structppo train RECIPE init_from=hf://{repo_id}@REVISION   # a branch, tag or commit", "```", "",
+        "```python", "from vla_structppo.checkpoints import load_agent, resolve", "",
+        f'path = resolve("hf://{repo_id}")  # a local checkpoint dir, usable as init_from',
+        f'agent, config = load_agent("hf://{repo_id}")  # the policy and heads, ready to act', "```", "",
+        "## Files", "",
+        *[f"- `{f}`" for f in sorted(files)],
+    ]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+
+
+def _eval_results(env_id: str, results: dict[str, Any] | None) -> list[Any]:
+    """The model-index entries (one per task) of an evaluation's results."""
+    from huggingface_hub import EvalResult
+
+    eval_results = []
+    for task, row in (results or {}).get("tasks", {}).items():
+        lo, hi = row["ci95"]
+        dataset = env_id if task in ("", env_id) else f"{env_id} {task}"
+        eval_results.append(EvalResult(
+            task_type="reinforcement-learning", task_name="robotics", dataset_type=env_id, dataset_name=dataset,
+            dataset_config=task or env_id, metric_type="success_rate", metric_value=float(row["success_rate"]),
+            metric_name=f"success rate (95% CI {_fmt(lo)}-{_fmt(hi)}, {row['episodes']} episodes)",
+            metric_args={"ci95": [float(lo), float(hi)], "episodes": int(row["episodes"]),
+                         "deterministic": bool(results.get("deterministic", True))},  # type: ignore[union-attr]
+        ))
+    return eval_results
+
+
+def _evaluation_lines(results: dict[str, Any] | None, env_id: str) -> list[str]:
+    """The card's evaluation table (or the line saying there is none)."""
+    lines: list[str] = []
     if results:
         lines += [f"{results.get('num_episodes', '?')} episodes per task, seed {results.get('seed', '?')}, "
                   f"{'greedy' if results.get('deterministic', True) else 'sampled'} actions "
@@ -181,22 +209,7 @@ def model_card(cfg: Any, repo_id: str, results: dict[str, Any] | None, files: li
         lines += ["", "Full results: `eval/results.json`."]
     else:
         lines.append("Not evaluated (no `eval/results.json` in the run).")
-    lines += [
-        "", "## Reproduce", "",
-        "The resolved config of this checkpoint is `config.yaml` in this repo"
-        + (f" (it started from `init_from={cfg.init_from}`, which you need too)" if cfg.init_from else "") + ":", "",
-        "```bash", cmd, "```",
-        "", "## Use", "",
-        "Start training or evaluation from it (the files download into the Hugging Face cache):", "",
-        "```bash", f"vla-structppo train RECIPE init_from=hf://{repo_id}",
-        f"vla-structppo train RECIPE init_from=hf://{repo_id}@REVISION   # a branch, tag or commit", "```", "",
-        "```python", "from vla_structppo.checkpoints import load_agent, resolve", "",
-        f'path = resolve("hf://{repo_id}")  # a local checkpoint dir, usable as init_from',
-        f'agent, config = load_agent("hf://{repo_id}")  # the policy and heads, ready to act', "```", "",
-        "## Files", "",
-        *[f"- `{f}`" for f in sorted(files)],
-    ]
-    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+    return lines
 
 
 def stage_run(run_dir: str | Path, repo_id: str, out_dir: str | Path, *, checkpoint: str | None = None) -> list[str]:

@@ -31,7 +31,7 @@ def ensure_model(cfg: TrainConfig) -> None:
     path = Path(cfg.model.name_or_path or "")
     if cfg.model.tiny_arch and not (path / "config.json").is_file():
         from .envs import make_env
-        from .policies.tiny import save_tiny_vla, write_action_tokenizer
+        from .testing.tiny_vlms import save_tiny_vla, write_action_tokenizer
 
         envs = make_env(cfg.env, 1, seed=0)
         low, high = envs.action_bounds

@@ -9,7 +9,7 @@ from .credit import (
     counterfactual_baseline,
     credit_advantages,
 )
-from .gae import compute_gae
+from .gae import chunk_return, compute_gae
 from .heads import CENTERINGS, HeadOutput, StructuredAdvantageHead, ValueHead
 from .losses import RATIOS, head_loss, normalize_advantages, ppo_policy_loss, value_loss
 
@@ -23,6 +23,7 @@ __all__ = [
     "StructuredAdvantageHead",
     "ValueHead",
     "baseline_scale",
+    "chunk_return",
     "compute_gae",
     "counterfactual_baseline",
     "credit_advantages",

@@ -7,13 +7,18 @@ ALGORITHM.md §2. Three different things end a transition chain and each is trea
   bootstrap with ``V(final observation)`` (SB3 issue #633; CleanRL #198 / #457 show what merging costs).
 * ``valid[t] == False``: gymnasium >= 1.0 vector envs reset on the NEXT ``step()`` call; that call is
   not a transition (its action is ignored, its reward is 0), so it gets no advantage and no loss.
+
+With action chunks (``action.chunk_size: H``) a transition is one *decision*: the chunk executed open loop for
+``steps[t]`` env steps (H, or fewer when the episode ended inside the chunk). Its reward is the discounted sum
+of the steps' rewards (:func:`chunk_return`) and the value after it is discounted by ``gamma ** steps[t]``: GAE
+over decisions of a semi-Markov process, which equals per-step GAE with lambda = 1 inside every chunk.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["compute_gae"]
+__all__ = ["chunk_return", "compute_gae"]
 
 
 @torch.no_grad()
@@ -28,6 +33,7 @@ def compute_gae(
     gae_lambda: float,
     final_values: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE(gamma, lambda) over a rollout of ``T`` steps from ``N`` envs.
 
@@ -41,6 +47,7 @@ def compute_gae(
         final_values: ``[T, N]`` ``V(final observation)`` where ``truncated``; read only there.
             Required when any step is truncated and not terminated.
         valid: ``[T, N]`` bool, ``False`` for the autoreset steps of next-step autoreset envs.
+        steps: ``[T, N]`` env steps each transition spanned (action chunks); None = 1 each.
 
     Returns:
         ``(advantages, returns)``, both ``[T, N]``; both are 0 on invalid steps.
@@ -50,8 +57,9 @@ def compute_gae(
         next_v = 0                    if terminated[t]
                = final_values[t]      elif truncated[t]
                = values[t+1]          otherwise (next_value at t = T-1)
-        delta  = r_t + gamma * next_v - V(s_t)
-        A_t    = delta + gamma * lambda * (1 - done_t) * A_{t+1}
+        g_t    = gamma ** steps[t]         (gamma without chunks)
+        delta  = r_t + g_t * next_v - V(s_t)
+        A_t    = delta + g_t * lambda * (1 - done_t) * A_{t+1}
     """
     T, N = rewards.shape
     terminated = terminated.bool()
@@ -67,6 +75,8 @@ def compute_gae(
             )
         final_values = torch.zeros_like(values)
 
+    # gamma ** steps per transition; plain gamma (a Python float, as always) without chunks
+    discount = None if steps is None else torch.pow(torch.full_like(rewards, gamma), steps.to(rewards.dtype))
     advantages = torch.zeros_like(rewards)
     last_gae = torch.zeros(N, dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(T)):
@@ -74,10 +84,20 @@ def compute_gae(
         next_v = torch.where(terminated[t], torch.zeros_like(following), following)
         next_v = torch.where(truncated[t], final_values[t], next_v)
         done = terminated[t] | truncated[t]
-        delta = rewards[t] + gamma * next_v - values[t]
-        gae = delta + gamma * gae_lambda * (~done).to(rewards.dtype) * last_gae
+        g = gamma if discount is None else discount[t]
+        delta = rewards[t] + g * next_v - values[t]
+        gae = delta + g * gae_lambda * (~done).to(rewards.dtype) * last_gae
         gae = torch.where(valid[t], gae, torch.zeros_like(gae))
         advantages[t] = gae
         last_gae = gae
     returns = torch.where(valid, advantages + values, torch.zeros_like(values))
     return advantages, returns
+
+
+def chunk_return(step_rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``sum_j gamma**j r_j`` over the last dim: the reward of a decision whose chunk earned ``step_rewards
+    [..., H]`` (zeros after the steps it did not execute)."""
+    H = step_rewards.shape[-1]
+    powers = torch.pow(torch.full((H,), gamma, dtype=step_rewards.dtype, device=step_rewards.device),
+                       torch.arange(H, dtype=step_rewards.dtype, device=step_rewards.device))
+    return (step_rewards * powers).sum(-1)

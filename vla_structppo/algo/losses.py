@@ -1,5 +1,26 @@
 """PPO surrogate with joint ratio and per-dim gradient routing, value loss, head loss, advantage
-normalisation (ALGORITHM.md §6-§7)."""
+normalisation (ALGORITHM.md §6-§7).
+
+Ratio granularities of :func:`ppo_policy_loss` (``credit.ratio``), each token's gradient through its own log-prob:
+
+* ``joint`` (the note's design): one ratio over all D tokens of a decision.
+* ``action``: one ratio per env-step action of an action chunk (the ``step_dims`` tokens of one step: RLinf's
+  ``action_level``, VLA-RL's and RL4VLA's sum of the 7 tokens), ``rho_i = exp(dlogp_i + sg(sum_{j in step(i),
+  j != i} dlogp_j))``. Without chunks it equals ``joint``.
+* ``token``: per-token ratio ``r_i = exp(dlogp_i)`` clipped per token (SimpleVLA-RL, RLinf's ``token_level``);
+  outside the note's design.
+* ``token_clip``: the joint importance weight with each dim's clip decided by its own ratio, the form of HAPPO's
+  per-agent objective (Kuba et al., ICLR 2022), ``L = -mean_B sum_i sg(r / r_i) min(r_i A_i, clip(r_i) A_i)``:
+  unclipped, dim i's gradient is ``r A_i grad log pi_i`` as under ``joint``; only the clip decision moves to
+  ``r_i``. Outside the note's design.
+
+The anchors' extensions (SimpleVLA-RL / RLinf / DAPO): ``clip_coef_high`` clips the ratio to ``[1 - eps, 1 +
+eps_high]`` ("clip-higher", 0.2 / 0.28); ``dual_clip = c`` (Ye et al. 2020, 3.0) bounds a negative advantage's
+term below by ``c A`` (``max(min(rho A, clip(rho) A), c A)`` for ``A < 0``), so a huge ratio on a bad action
+cannot dominate; ``aggregation``: ``sample_mean`` (the sum over a sample's tokens, averaged over samples: the
+note's form) or ``token_mean`` (every counted token weighted alike: SimpleVLA-RL's ``masked_mean``; equal to
+``sample_mean / D`` when every sample has all D tokens).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +30,10 @@ import torch
 
 from .heads import HeadOutput
 
-__all__ = ["RATIOS", "head_loss", "normalize_advantages", "ppo_policy_loss", "value_loss"]
+__all__ = ["AGGREGATIONS", "RATIOS", "head_loss", "normalize_advantages", "ppo_policy_loss", "value_loss"]
 
-RATIOS = ("joint", "token", "token_clip")
+RATIOS = ("joint", "action", "token", "token_clip")
+AGGREGATIONS = ("sample_mean", "token_mean")
 
 
 MAX_LOG_RATIO = 20.0
@@ -24,8 +46,14 @@ def ppo_policy_loss(
     clip_coef: float,
     ratio: str = "joint",
     mask: torch.Tensor | None = None,
+    *,
+    clip_coef_high: float | None = None,
+    dual_clip: float | None = None,
+    aggregation: str = "sample_mean",
+    token_mask: torch.Tensor | None = None,
+    step_dims: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate over D action dims.
+    """Clipped surrogate over D action dims (the ratio granularities and the anchors' extensions: module doc).
 
     ``ratio='joint'`` (the note's design): ``rho_i = exp(dlogp_i + sg(sum_{j != i} dlogp_j))`` has the
     value of the joint ratio ``r`` and a gradient through dim i only, and::
@@ -35,23 +63,14 @@ def ppo_policy_loss(
     When every column of ``A`` equals ``A_hat`` this has exactly the gradient of the textbook joint
     surrogate ``-min(r A_hat, clip(r) A_hat)`` (its value is D times the textbook value).
 
-    ``ratio='token'``: per-token ratio ``r_i = exp(dlogp_i)`` clipped per token, the comparison baseline
-    some VLA-RL systems use; outside the note's design.
-
-    ``ratio='token_clip'``: the joint importance weight with each dim's clip decided by its own ratio,
-    the form of HAPPO's per-agent objective (Kuba et al., ICLR 2022)::
-
-        L = -mean_B sum_i sg(r / r_i) min(r_i A_i, clip(r_i, 1-eps, 1+eps) A_i)
-
-    Unclipped, dim i's gradient is ``r A_i grad log pi_i`` exactly as under ``joint``; only the clip
-    decision moves from the joint ratio to ``r_i``. It separates the two things ``token`` changes at once
-    (the weight and the clip decision). Outside the note's design.
-
     Args:
         logp_new, logp_old: ``[B, D]`` per-dim log-probs under the current / behaviour policy.
         advantages: ``[B, D]`` per-dim advantages (credit, already normalised if wanted).
         clip_coef: ``eps``.
         mask: optional ``[B]`` bool/float of samples that count (autoreset steps do not).
+        token_mask: optional ``[B, D]`` bool of the tokens that count (the tokens of chunk steps that were never
+            executed because the episode ended inside the chunk do not: they take no part in the ratio or loss).
+        step_dims: tokens per env step, for ``ratio='action'``.
 
     Returns:
         ``(loss, metrics)`` with ``approx_kl`` (k3 estimator of KL(old||new) on the joint ratio,
@@ -59,38 +78,73 @@ def ppo_policy_loss(
     """
     if ratio not in RATIOS:
         raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     dlogp = logp_new - logp_old.detach()  # [B, D]
+    if token_mask is not None:  # tokens that were never executed: no ratio, no gradient
+        dlogp = dlogp * token_mask.to(dlogp.dtype)
     adv = advantages.detach()
-    total = dlogp.sum(dim=1, keepdim=True)  # [B, 1]
+    rho = _routed_ratios(dlogp, ratio, step_dims)  # [B, D]
+    high = clip_coef if clip_coef_high is None else clip_coef_high
+    terms = torch.min(rho * adv, torch.clamp(rho, 1.0 - clip_coef, 1.0 + high) * adv)  # [B, D]
+    if dual_clip is not None:  # a negative advantage's term is bounded below by c A
+        terms = torch.where(adv < 0, torch.max(terms, dual_clip * adv), terms)
+    if ratio == "token_clip":
+        # the other dims' ratio as a constant weight: the importance weight stays the joint one
+        total = dlogp.sum(dim=1, keepdim=True)
+        terms = torch.exp((total - dlogp).detach().clamp(max=MAX_LOG_RATIO)) * terms
+    if token_mask is not None:
+        terms = terms * token_mask.to(terms.dtype)
+    per_sample = -terms.sum(dim=1)  # [B]
+    weights = _mask_weights(mask, per_sample)
+    if aggregation == "sample_mean":
+        loss = (per_sample * weights).sum()
+    else:
+        tokens = torch.ones_like(terms) if token_mask is None else token_mask.to(terms.dtype)
+        if mask is not None:
+            tokens = tokens * mask.to(terms.dtype)[:, None]
+        loss = -(terms * tokens).sum() / tokens.sum().clamp_min(1.0)
+    with torch.no_grad():
+        outside = (rho < 1.0 - clip_coef) | (rho > 1.0 + high) if clip_coef_high is not None \
+            else (rho - 1.0).abs() > clip_coef  # [B, D]
+    return loss, _surrogate_metrics(dlogp, outside.float(), ratio, weights)
+
+
+def _routed_ratios(dlogp: torch.Tensor, ratio: str, step_dims: int | None) -> torch.Tensor:
+    """``rho [B, D]``: each token's ratio value (joint, its step's, or its own) with the gradient through the token's
+    own log-prob only (ALGORITHM.md §6)."""
     if ratio == "joint":
+        total = dlogp.sum(dim=1, keepdim=True)  # [B, 1]
         log_rho = dlogp + (total - dlogp).detach()  # [B, D], value = joint log-ratio
+    elif ratio == "action":
+        log_rho = dlogp + (_step_sums(dlogp, step_dims) - dlogp).detach()  # [B, D], value = its step's log-ratio
     else:
         log_rho = dlogp  # [B, D]
     # with many dims a runaway step can push the joint log-ratio past float32's exp range (D=128 at a D=7
     # learning rate reaches ~200): cap it so the loss stays finite; a capped term has no gradient, like a
     # clipped one, and nothing changes below ratio e^20
-    rho = torch.exp(log_rho.clamp(max=MAX_LOG_RATIO))
-    unclipped = rho * adv
-    clipped = torch.clamp(rho, 1.0 - clip_coef, 1.0 + clip_coef) * adv
-    terms = torch.min(unclipped, clipped)  # [B, D]
-    if ratio == "token_clip":
-        # the other dims' ratio as a constant weight: the importance weight stays the joint one
-        terms = torch.exp((total - dlogp).detach().clamp(max=MAX_LOG_RATIO)) * terms
-    per_sample = -terms.sum(dim=1)  # [B]
-    weights = _mask_weights(mask, per_sample)
-    loss = (per_sample * weights).sum()
+    return torch.exp(log_rho.clamp(max=MAX_LOG_RATIO))
 
-    with torch.no_grad():
-        log_joint = dlogp.sum(dim=1)  # [B]
-        approx_kl = ((torch.exp(log_joint) - 1.0) - log_joint)  # [B]
-        outside = ((rho - 1.0).abs() > clip_coef).float()  # [B, D]
-        clipfrac = outside[:, 0] if ratio == "joint" else outside.mean(dim=1)  # [B]
-        metrics = {
-            "approx_kl": (approx_kl * weights).sum(),
-            "clipfrac": (clipfrac * weights).sum(),
-            "ratio_mean": (torch.exp(log_joint) * weights).sum(),
-        }
-    return loss, metrics
+
+@torch.no_grad()
+def _surrogate_metrics(dlogp: torch.Tensor, outside: torch.Tensor, ratio: str, weights: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+    """``approx_kl`` (k3 on the joint ratio), ``clipfrac`` (the joint ratio's, or the mean over tokens) and
+    ``ratio_mean``, averaged over the counted samples."""
+    log_joint = dlogp.sum(dim=1)  # [B]
+    approx_kl = (torch.exp(log_joint) - 1.0) - log_joint  # [B]
+    clipfrac = outside[:, 0] if ratio == "joint" else outside.mean(dim=1)  # [B]
+    return {"approx_kl": (approx_kl * weights).sum(), "clipfrac": (clipfrac * weights).sum(),
+            "ratio_mean": (torch.exp(log_joint) * weights).sum()}
+
+
+def _step_sums(dlogp: torch.Tensor, step_dims: int | None) -> torch.Tensor:
+    """``[B, D]``: each token's sum of ``dlogp`` over the tokens of its env step (``step_dims`` consecutive ones)."""
+    B, D = dlogp.shape
+    if not step_dims or D % step_dims:
+        raise ValueError(f"ratio='action' needs step_dims dividing the {D} tokens, got {step_dims}")
+    sums = dlogp.reshape(B, D // step_dims, step_dims).sum(dim=2, keepdim=True)  # [B, H, 1]
+    return sums.expand(-1, -1, step_dims).reshape(B, D)
 
 
 def _mask_weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

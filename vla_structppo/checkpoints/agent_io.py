@@ -77,7 +77,8 @@ def preflight_vla(cfg: TrainConfig, start_from: Path | None = None):
     """Every check of the VLA of ``cfg`` that needs no weights (vla_loading.preflight), on its sources."""
     from ..policies.vla_loading import preflight
 
-    return preflight(cfg.model, cfg.env.action_dims, cfg.env.num_bins, vla_sources(cfg, start_from))
+    return preflight(cfg.model, cfg.env.action_dims, cfg.env.num_bins, vla_sources(cfg, start_from),
+                     parallel=cfg.action.decoding == "parallel")
 
 
 def build_vla_policy(cfg: TrainConfig, start_from: Path | None = None, *,
@@ -87,7 +88,8 @@ def build_vla_policy(cfg: TrainConfig, start_from: Path | None = None, *,
     from ..policies.vla_loading import load_vla_policy
 
     files = preflight_vla(cfg, start_from)
-    return load_vla_policy(cfg.model, cfg.env.action_dims, cfg.env.num_bins, files, bounds=bounds)
+    return load_vla_policy(cfg.model, cfg.env.action_dims, cfg.env.num_bins, files, bounds=bounds,
+                           chunk_size=cfg.action.chunk_size, decoding=cfg.action.decoding)
 
 
 # -- agents -----------------------------------------------------------------------------------------
@@ -149,8 +151,9 @@ def _load(module: nn.Module, path: Path, cfg: TrainConfig, checkpoint: Path) -> 
 
 
 # fields that change the shapes of the policy or heads
-_SHAPE_FIELDS = ("env.action_dims", "env.num_bins", "policy.type", "policy.hidden_size", "policy.num_layers",
-                 "policy.value_hidden_size", "head.hidden_size", "head.bin_embed_dim", "head.rank", "head.pairwise")
+_SHAPE_FIELDS = ("env.action_dims", "env.num_bins", "action.chunk_size", "policy.type", "policy.hidden_size",
+                 "policy.num_layers", "policy.value_hidden_size", "head.hidden_size", "head.bin_embed_dim", "head.rank",
+                 "head.pairwise")
 
 
 def _shape_fields_changed(cfg: TrainConfig, checkpoint: Path) -> list[str]:

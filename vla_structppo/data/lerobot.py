@@ -10,7 +10,7 @@ demonstration dataset on disk (:func:`convert_lerobot`), so a dataset larger tha
 caches the conversion. Action statistics come from ``meta/stats.json`` (q01 / q99 when present, as v3.0 writes
 them) and are computed from the actions otherwise (v2.1 keeps no quantiles).
 
-Writing (:func:`write_lerobot`, ``vla-structppo demos`` with ``demos.format: lerobot``): a v3.0 dataset with the
+Writing (lerobot_write.py, ``vla-structppo demos`` with ``demos.format: lerobot``): a v3.0 dataset with the
 picture as an ``image`` feature (lossless PNG, what LeRobot's reader and visualiser read), the action, the
 five default columns, tasks, episodes and stats (q01 … q99 exact), and this project's recording metadata in
 ``meta/vla_structppo.json`` (LeRobot ignores files it does not know).
@@ -35,8 +35,9 @@ import numpy as np
 
 from .demos import DemoDatasetError
 
-__all__ = ["READ_VERSIONS", "LeRobotDatasetError", "LeRobotSource", "cached_conversion", "convert_lerobot",
-           "decode_video_frames", "is_lerobot_dataset", "locate_lerobot", "write_lerobot"]
+__all__ = ["DEFAULT_FEATURES", "OUR_META", "QUANTILES", "READ_VERSIONS", "WRITE_VERSION", "LeRobotDatasetError",
+           "LeRobotSource", "cached_conversion", "convert_lerobot", "decode_video_frames", "is_lerobot_dataset",
+           "locate_lerobot"]
 
 READ_VERSIONS = ("v3.0", "v2.1")
 WRITE_VERSION = "v3.0"
@@ -359,115 +360,4 @@ def cached_conversion(source: str, *, image_key: str | None, action_key: str, re
     if not (out / "dataset_info.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
         convert_lerobot(src.root, out, image_key=src.image_key, action_key=action_key)
-    return out
-
-
-# -- out: LeRobot v3.0 --------------------------------------------------------------------------------------
-def _vector_stats(x: np.ndarray) -> dict[str, list]:
-    x = np.asarray(x, np.float64)
-    out = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
-           "count": [int(len(x))]}
-    for q in QUANTILES:
-        out[f"q{round(q * 100):02d}"] = np.quantile(x, q, axis=0).tolist()
-    return out
-
-
-def write_lerobot(ds: Any, out: str | Path, *, fps: float = 10.0, recording: dict | None = None,
-                  image_key: str = "observation.image", robot_type: str = "vla_structppo") -> Path:
-    """Our demonstration dataset ``ds`` (image, instruction, action, episode_index) as a LeRobot v3.0 dataset at
-    ``out`` (written under a temporary name, then renamed). The picture is an ``image`` feature (PNG)."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    out = Path(out)
-    if out.exists():
-        raise LeRobotDatasetError(f"{out} already exists (nothing was overwritten): choose another sft.dataset")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    rows = ds.with_format("numpy")
-    n = len(ds)
-    episodes = np.asarray(rows["episode_index"], np.int64)
-    if np.any(np.diff(episodes) < 0):
-        raise LeRobotDatasetError("rows must be grouped by episode in order to be written as LeRobot episodes")
-    actions = np.asarray(rows["action"], np.float32)
-    D = actions.shape[1]
-    instructions = [str(s) for s in rows["instruction"]]
-    # LeRobot numbers episodes 0..E-1 and tasks in order of first appearance
-    episode_ids = {e: i for i, e in enumerate(dict.fromkeys(episodes.tolist()))}
-    task_ids = {t: i for i, t in enumerate(dict.fromkeys(instructions))}
-    ep = np.array([episode_ids[e] for e in episodes], np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(ep)) + 1]
-    frame = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-    timestamps = (frame / fps).astype(np.float32)
-    first = np.asarray(ds[0]["image"])
-    H, W = first.shape[:2]
-    try:
-        (staging / "data" / "chunk-000").mkdir(parents=True)
-        (staging / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
-        schema = pa.schema([(image_key, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-                            ("action", pa.list_(pa.float32(), D)), ("timestamp", pa.float32()),
-                            ("frame_index", pa.int64()), ("episode_index", pa.int64()), ("index", pa.int64()),
-                            ("task_index", pa.int64())])
-        pixel_sum = np.zeros(3)
-        pixel_sq = np.zeros(3)
-        pixel_min, pixel_max = np.full(3, 255.0), np.zeros(3)
-        with pq.ParquetWriter(staging / "data" / "chunk-000" / "file-000.parquet", schema) as writer:
-            for s, e in zip(starts, np.r_[starts[1:], n], strict=True):  # one row group per episode
-                cells = []
-                for j in range(s, e):
-                    img = np.asarray(ds[int(j)]["image"].convert("RGB"))
-                    if img.shape[:2] != (H, W):
-                        raise LeRobotDatasetError(f"row {j}: picture {img.shape} differs from the first {first.shape}")
-                    flat = img.reshape(-1, 3).astype(np.float64) / 255.0
-                    pixel_sum += flat.sum(0)
-                    pixel_sq += (flat**2).sum(0)
-                    pixel_min, pixel_max = np.minimum(pixel_min, flat.min(0)), np.maximum(pixel_max, flat.max(0))
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, format="PNG")
-                    cells.append({"bytes": buf.getvalue(), "path": f"frame-{j:06d}.png"})
-                batch = {image_key: cells, "action": actions[s:e].tolist(), "timestamp": timestamps[s:e],
-                         "frame_index": frame[s:e], "episode_index": ep[s:e], "index": np.arange(s, e),
-                         "task_index": [task_ids[t] for t in instructions[s:e]]}
-                writer.write_table(pa.table(batch, schema=schema))
-        ends = np.r_[starts[1:], n]
-        pq.write_table(pa.table({
-            "episode_index": np.arange(len(starts), dtype=np.int64),
-            "tasks": [sorted(set(instructions[s:e]), key=instructions[s:e].index) for s, e in zip(starts, ends, strict=True)],
-            "length": (ends - starts).astype(np.int64), "data/chunk_index": np.zeros(len(starts), np.int64),
-            "data/file_index": np.zeros(len(starts), np.int64), "dataset_from_index": starts.astype(np.int64),
-            "dataset_to_index": ends.astype(np.int64), "meta/episodes/chunk_index": np.zeros(len(starts), np.int64),
-            "meta/episodes/file_index": np.zeros(len(starts), np.int64)}),
-            staging / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
-        # the task string is the pandas index, rows in task_index order (how LeRobot reads it back)
-        pd.DataFrame({"task_index": list(task_ids.values())}, index=list(task_ids)).to_parquet(
-            staging / "meta" / "tasks.parquet")
-        mean = pixel_sum / (n * H * W)
-        image_stats = {"min": pixel_min, "max": pixel_max, "mean": mean,
-                       "std": np.sqrt(np.maximum(pixel_sq / (n * H * W) - mean**2, 0.0))}
-        stats = {image_key: {k: v.reshape(3, 1, 1).tolist() for k, v in image_stats.items()} | {"count": [n]},
-                 "action": _vector_stats(actions)}
-        for key, values in (("timestamp", timestamps), ("frame_index", frame), ("episode_index", ep),
-                            ("index", np.arange(n)), ("task_index", [task_ids[t] for t in instructions])):
-            stats[key] = _vector_stats(np.asarray(values)[:, None])
-        (staging / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
-        features = {
-            image_key: {"dtype": "image", "shape": [H, W, 3], "names": ["height", "width", "channels"]},
-            "action": {"dtype": "float32", "shape": [D], "names": [f"a{i}" for i in range(D)]},
-            "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-            **{k: {"dtype": "int64", "shape": [1], "names": None} for k in DEFAULT_FEATURES[1:]},
-        }
-        info = {"codebase_version": WRITE_VERSION, "robot_type": robot_type, "total_episodes": int(len(starts)),
-                "total_frames": int(n), "total_tasks": len(task_ids), "chunks_size": 1000,
-                "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
-                "fps": int(fps) if float(fps).is_integer() else fps,
-                "splits": {"train": f"0:{len(starts)}"},
-                "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
-                "features": features}
-        (staging / "meta" / "info.json").write_text(json.dumps(info, indent=4, ensure_ascii=False))
-        (staging / OUR_META).write_text(json.dumps({"recording": recording, "written_by": "vla_structppo"}, indent=1))
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -7,7 +7,11 @@ An env is a gymnasium vector env of ``num_envs`` copies (docs/environments.md#th
   with :class:`vla_structppo.bins.BinGrid` over ``action_bounds`` — the action tokenizer's grid.
 * **observations** are a state vector ``float32 [N, S]`` (``observation: state``) or a dict
   ``{"image": uint8 [N, H, W, 3] upright, "instruction": str array [N][, "state": float32 [N, P]]}``
-  (``observation: image``, what a VLA reads).
+  (``observation: image``, what a VLA reads); several cameras give ``[N, V, H, W, 3]``, the main one first.
+* **action chunks** (``make_env(..., chunk_size=H)``, envs/chunking.py): actions are ``int [N, H * D]``, executed
+  open loop; ``info`` adds ``chunk_rewards [N, H]`` and ``chunk_steps [N]``.
+* ``repeatable_resets`` (GRPO): ``reset(seed=[s_0 .. s_{N-1}], options={"repeat": True})`` starts envs with equal
+  seeds from equal initial states.
 * **info** on every step: ``success`` ``bool [N]`` (whether the step solved the task; on a row whose
   episode ended, that final step's); on steps where episodes end, ``episode_return`` /
   ``episode_length`` and the mask ``_episode``; with same-step autoreset, ``final_obs`` (all N rows
@@ -112,11 +116,11 @@ class EpisodeTracker:
         self.returns[:] = np.asarray(state["returns"])
         self.lengths[:] = np.asarray(state["lengths"])
 
-    def step(self, reward: np.ndarray, done: np.ndarray, info: dict[str, Any]) -> None:
-        """Count one step; on ``done`` rows write ``episode_return`` / ``episode_length`` / ``_episode``
-        into ``info`` and start those rows afresh."""
+    def step(self, reward: np.ndarray, done: np.ndarray, info: dict[str, Any], steps: np.ndarray | None = None) -> None:
+        """Count one step (``steps [N]`` env steps for action chunks); on ``done`` rows write ``episode_return`` /
+        ``episode_length`` / ``_episode`` into ``info`` and start those rows afresh."""
         self.returns += reward
-        self.lengths += 1
+        self.lengths += 1 if steps is None else np.asarray(steps, np.int64)
         if done.any():
             info["episode_return"] = np.where(done, self.returns, 0.0)
             info["episode_length"] = np.where(done, self.lengths, 0)
@@ -162,8 +166,8 @@ def check_env(envs: BinVectorEnv, steps: int = 3) -> None:
 def _check_obs(obs: Any, n: int) -> None:
     if isinstance(obs, dict):
         image = np.asarray(obs["image"])
-        assert image.dtype == np.uint8 and image.ndim == 4 and image.shape[0] == n and image.shape[-1] == 3, \
-            f"obs['image'] must be uint8 [N, H, W, 3], got {image.dtype} {image.shape}"
+        assert image.dtype == np.uint8 and image.ndim in (4, 5) and image.shape[0] == n and image.shape[-1] == 3, \
+            f"obs['image'] must be uint8 [N, H, W, 3] (or [N, V, H, W, 3] for V views), got {image.dtype} {image.shape}"
         instructions = np.asarray(obs["instruction"])
         assert instructions.shape == (n,) and instructions.dtype.kind == "U", "obs['instruction'] must be str [N]"
         if "state" in obs:

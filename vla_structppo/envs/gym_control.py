@@ -138,10 +138,10 @@ class GymControlVectorEnv(SimVectorEnv):
     """:class:`SimVectorEnv` of :class:`ControlTaskEnv` with observation / reward normalisation (module doc)."""
 
     def __init__(self, inner: gym.vector.VectorEnv, bounds: tuple[list[float], list[float]], num_bins: int,
-                 task: str, normalization: NormalizationConfig, seed: int | None) -> None:
+                 task: str, normalization: NormalizationConfig, seed: int | None, chunk_size: int = 1) -> None:
         n = inner.num_envs
         super().__init__(inner, bounds, num_bins, task_labels=[task] * n, instructions=[task] * n,
-                         has_expert=False, seed=seed)
+                         has_expert=False, seed=seed, chunk_size=chunk_size)
         obs_dim = int(self.single_observation_space.shape[0])
         self.normalizer = EnvNormalizer(obs_dim, n, normalization)
 
@@ -182,7 +182,7 @@ class GymControlVectorEnv(SimVectorEnv):
         self._episodes.load_state_dict(state["episodes"])
 
 
-def make_gym_env(cfg: EnvConfig, num_envs: int, seed: int) -> GymControlVectorEnv:
+def make_gym_env(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int = 1) -> GymControlVectorEnv:
     """``num_envs`` copies of gymnasium's ``cfg.task`` as bins in, normalised state out (module doc)."""
     spec = check_gym_task(cfg.task)
     limit = cfg.gym.time_limit if cfg.gym.time_limit is not None else spec.max_episode_steps
@@ -198,5 +198,5 @@ def make_gym_env(cfg: EnvConfig, num_envs: int, seed: int) -> GymControlVectorEn
     norm = NormalizationConfig(observations=g.normalize_obs, rewards=g.normalize_reward, clip_obs=g.clip_obs,
                                clip_reward=g.clip_reward, gamma=0.99 if g.reward_gamma is None else g.reward_gamma)
     factories = [functools.partial(ControlTaskEnv, cfg.task, limit) for _ in range(num_envs)]
-    return GymControlVectorEnv(make_vector(factories, cfg.vector_mode), (low, high), cfg.num_bins, cfg.task, norm,
-                               seed)
+    return GymControlVectorEnv(make_vector(factories, cfg.vector_mode, chunk_size), (low, high), cfg.num_bins, cfg.task,
+                               norm, seed, chunk_size)

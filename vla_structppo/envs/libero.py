@@ -43,6 +43,18 @@ LIBERO_INSTALL = "bash scripts/setup_libero.sh  (then run with .venv-libero/bin/
 # OSC_POSE's action_spec: xyz and axis-angle deltas scaled to [-1, 1], gripper -1 (open) .. +1 (close)
 LIBERO_ACTION_BOUNDS = ([-1.0] * 7, [1.0] * 7)
 _STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+WRIST_CAMERA = "robot0_eye_in_hand"
+
+
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """A unit quaternion ``(x, y, z, w)`` (robosuite's order) as an axis-angle vector ``axis * angle`` (3 floats);
+    the identity gives zeros. OpenVLA-OFT's LIBERO proprio uses this form of the end-effector orientation."""
+    q = np.asarray(quat, np.float64)
+    w = float(np.clip(q[3], -1.0, 1.0))
+    sin_half = np.sqrt(1.0 - w * w)
+    if np.isclose(sin_half, 0.0):
+        return np.zeros(3)
+    return q[:3] * 2.0 * np.arccos(w) / sin_half
 
 
 # -- LIBERO ------------------------------------------------------------------------------------------------
@@ -90,7 +102,8 @@ class LiberoTaskEnv(gym.Env):
     def __init__(self, suite: str, task_id: int, image_size: int = 128, max_episode_steps: int = 300,
                  terminate_on_success: bool = True, observation: str = "image", state_obs: bool = False,
                  init_slot: int = 0, init_stride: int = 1, settle_steps: int = 10,
-                 camera: str = "agentview", protocol: str = "raw", render_size: int = 256) -> None:
+                 camera: str = "agentview", protocol: str = "raw", render_size: int = 256,
+                 wrist_camera: bool = False, state_format: str = "quat") -> None:
         benchmark, get_libero_path, env_cls = _import_libero()
         import torch
 
@@ -111,10 +124,12 @@ class LiberoTaskEnv(gym.Env):
         # hard_reset=False: reset reuses the MuJoCo model (0.25 s instead of ~2 s); the init state is set
         # right after, so nothing of the previous episode survives
         self.camera = camera
+        self.cameras = [camera] + ([WRIST_CAMERA] if wrist_camera else [])
+        self.state_format = state_format
         # the OpenVLA protocol renders larger and resizes the way its training data was resized
         rendered = render_size if protocol == "openvla" else image_size
         self.sim = env_cls(bddl_file_name=bddl, camera_heights=rendered, camera_widths=rendered,
-                           camera_names=[camera], hard_reset=False)
+                           camera_names=self.cameras, hard_reset=False)
         low, high = (np.asarray(b, np.float32) for b in self.sim.env.action_spec)
         self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
         self.image_size = image_size
@@ -122,7 +137,8 @@ class LiberoTaskEnv(gym.Env):
         self.observation_mode, self.state_obs = observation, state_obs
         self.init_slot, self.init_stride, self.settle_steps = init_slot, init_stride, settle_steps
         if observation == "image":
-            self.observation_space = image_obs_space(image_size, 9 if state_obs else None)
+            state_dim = (9 if state_format == "quat" else 8) if state_obs else None
+            self.observation_space = image_obs_space(image_size, state_dim, views=len(self.cameras))
         elif observation == "state":
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._state_dim(),), np.float32)
         else:
@@ -136,8 +152,8 @@ class LiberoTaskEnv(gym.Env):
         raw = self.sim.reset()
         return 9 + int(np.asarray(raw["object-state"]).size)
 
-    def _image(self) -> np.ndarray:
-        raw = np.asarray(self._raw[f"{self.camera}_image"], np.uint8)
+    def _image(self, camera: str | None = None) -> np.ndarray:
+        raw = np.asarray(self._raw[f"{camera or self.camera}_image"], np.uint8)
         if self.protocol == "openvla":  # rotation, JPEG, lanczos resize, centre crop (openvla_protocol.py)
             return openvla_libero_image(raw, self.image_size)
         # MuJoCo's offscreen buffer is bottom row first; OpenVLA (and its LIBERO training data) turns it by 180
@@ -149,8 +165,12 @@ class LiberoTaskEnv(gym.Env):
         proprio = np.concatenate([np.asarray(raw[k], np.float32).ravel() for k in _STATE_KEYS])
         if self.observation_mode == "state":
             return np.concatenate([proprio, np.asarray(raw["object-state"], np.float32).ravel()])
-        obs = {"image": self._image()}
+        views = [self._image(c) for c in self.cameras]
+        obs = {"image": views[0] if len(views) == 1 else np.stack(views)}
         if self.state_obs:
+            if self.state_format == "axis_angle":  # OFT: eef position, axis-angle, gripper joints
+                proprio = np.concatenate([proprio[:3], quat_to_axis_angle(proprio[3:7]), proprio[7:9]]).astype(
+                    np.float32)
             obs["state"] = proprio
         return obs
 
@@ -159,7 +179,10 @@ class LiberoTaskEnv(gym.Env):
         if seed is not None:
             self._episode = 0
             self.sim.seed(seed)
-        k = (self.init_slot + self._episode * self.init_stride) % len(self.init_states)
+        if seed is not None and (options or {}).get("repeat"):
+            k = int(seed) % len(self.init_states)  # GRPO: the seed picks one of the task's fixed init states
+        else:
+            k = (self.init_slot + self._episode * self.init_stride) % len(self.init_states)
         self._episode += 1
         self.sim.reset()
         self._raw = self.sim.set_init_state(self.init_states[k])
@@ -193,7 +216,7 @@ def _make_libero_task(**kwargs: Any) -> LiberoTaskEnv:
     return LiberoTaskEnv(**kwargs)
 
 
-def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
+def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int = 1, group_size: int = 1) -> SimVectorEnv:
     """A vector env of ``num_envs`` LIBERO envs cycling over the tasks of suite ``cfg.task``.
 
     ``seed`` only seeds the first reset's simulator RNGs; the init states follow the benchmark's order
@@ -208,19 +231,21 @@ def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
         check_exact_jpeg()  # before any simulator starts
     tasks = libero_suite_tasks(suite)
     n_tasks = len(tasks)
+    # env j runs task (j // group_size) % n_tasks: GRPO's groups of envs share a task; without groups, j % n_tasks
+    task_of = [(j // group_size) % n_tasks for j in range(num_envs)]
     factories = []
-    for j in range(num_envs):
-        task = j % n_tasks
-        stride = len(range(task, num_envs, n_tasks))  # envs sharing this task take the init states in turn
+    for j, task in enumerate(task_of):
+        stride = task_of.count(task)  # envs sharing this task take the init states in turn
         factories.append(functools.partial(
             _make_libero_task, suite=suite, task_id=task, image_size=cfg.image_size,
             max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success,
-            observation=cfg.observation, state_obs=cfg.state_obs, init_slot=j // n_tasks, init_stride=stride,
-            settle_steps=cfg.libero.settle_steps, camera=cfg.libero.camera, protocol=cfg.libero.protocol,
-            render_size=cfg.libero.render_size))
-    env_tasks = [tasks[j % n_tasks] for j in range(num_envs)]
+            observation=cfg.observation, state_obs=cfg.state_obs, init_slot=task_of[:j].count(task),
+            init_stride=stride, settle_steps=cfg.libero.settle_steps, camera=cfg.libero.camera,
+            protocol=cfg.libero.protocol, render_size=cfg.libero.render_size, wrist_camera=cfg.libero.wrist_camera,
+            state_format=cfg.libero.state_format))
+    env_tasks = [tasks[t] for t in task_of]
     try:
-        inner = make_vector(factories, cfg.vector_mode)
+        inner = make_vector(factories, cfg.vector_mode, chunk_size)
     except RuntimeError as err:
         if "observation spaces are not equivalent" not in str(err):
             raise
@@ -230,4 +255,4 @@ def make_libero_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
                        "every task), or fewer envs than it takes to mix tasks of different sizes") from None
     return SimVectorEnv(inner, LIBERO_ACTION_BOUNDS, cfg.num_bins,
                         task_labels=[name for name, _ in env_tasks], instructions=[lang for _, lang in env_tasks],
-                        has_expert=False, seed=seed)
+                        has_expert=False, seed=seed, chunk_size=chunk_size)

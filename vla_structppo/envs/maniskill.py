@@ -217,7 +217,7 @@ def _make_maniskill_task(**kwargs: Any) -> ManiSkillTaskEnv:
     return ManiSkillTaskEnv(**kwargs)
 
 
-def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv:
+def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int = 1) -> SimVectorEnv:
     """A vector env of ``num_envs`` ManiSkill3 CPU envs of task ``cfg.task``.
 
     Env ``i`` is seeded with ``seed + i`` at the first reset. Raises ``ModuleNotFoundError`` /
@@ -233,6 +233,6 @@ def make_maniskill_env(cfg: EnvConfig, num_envs: int, seed: int) -> SimVectorEnv
         _make_maniskill_task, task=task, image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps,
         terminate_on_success=cfg.terminate_on_success, observation=cfg.observation, state_obs=cfg.state_obs,
         camera=cfg.maniskill.camera)
-    return SimVectorEnv(make_vector([factory] * num_envs, cfg.vector_mode), MANISKILL_ACTION_BOUNDS, cfg.num_bins,
-                        task_labels=[task] * num_envs, instructions=[MANISKILL_TASKS[task]] * num_envs,
-                        has_expert=True, seed=seed)
+    return SimVectorEnv(make_vector([factory] * num_envs, cfg.vector_mode, chunk_size), MANISKILL_ACTION_BOUNDS,
+                        cfg.num_bins, task_labels=[task] * num_envs, instructions=[MANISKILL_TASKS[task]] * num_envs,
+                        has_expert=True, seed=seed, chunk_size=chunk_size)

@@ -224,6 +224,7 @@ class MetaWorldTaskEnv(gym.Env):
             raw.seed(seed)
         self._state = np.zeros(STATE_DIMS)
         self._t, self._succeeded = 0, False
+        self._render_obs = True  # off for a chunk's inner steps (envs/chunking.py): their pictures go unused
 
     def _check_camera(self) -> None:
         import mujoco
@@ -263,10 +264,22 @@ class MetaWorldTaskEnv(gym.Env):
         truncated = not terminated and self._t >= self.max_episode_steps
         return self._obs(), float(reward), terminated, truncated, {"success": self._succeeded}
 
-    def _obs(self):
+    def render_observations(self, on: bool) -> None:
+        """Whether steps render their observation's picture (a chunk's inner steps need none; :meth:`observe`
+        renders the current one when it is needed after all)."""
+        self._render_obs = bool(on)
+
+    def observe(self):
+        """The current observation, rendered."""
+        return self._obs(force=True)
+
+    def _obs(self, force: bool = False):
         state = self._state.astype(np.float32)
         if not self.render_images:
             return state
+        if not (self._render_obs or force):  # a placeholder the chunk executor replaces if it needs the picture
+            image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+            return {"image": image, "state": state[:PROPRIO_DIMS]} if self.state_obs else {"image": image}
         if self.state_obs:
             return {"image": self.render(), "state": state[:PROPRIO_DIMS]}
         return {"image": self.render()}
@@ -323,7 +336,8 @@ def _make_task_env(task: str, seed: int, **kwargs: Any) -> MetaWorldTaskEnv:
     return MetaWorldTaskEnv(task, seed=seed, **kwargs)
 
 
-def make_metaworld_env(cfg: EnvConfig, num_envs: int, seed: int | None = None) -> SimVectorEnv:
+def make_metaworld_env(cfg: EnvConfig, num_envs: int, seed: int | None = None, chunk_size: int = 1,
+                       group_size: int = 1) -> SimVectorEnv:
     """``num_envs`` MetaWorld envs behind the env contract (bins in, image + instruction or state out).
 
     Env ``j`` runs task ``j % n_tasks`` of ``cfg.task`` (its ``task_labels[j]``). ``vector_mode=sync``
@@ -335,7 +349,8 @@ def make_metaworld_env(cfg: EnvConfig, num_envs: int, seed: int | None = None) -
         raise EnvError(f"MetaWorld actions have {ACTION_DIMS} dims (hand xyz move + gripper); set "
                          f"env.action_dims={ACTION_DIMS}, got {cfg.action_dims}")
     tasks = resolve_tasks(cfg.task)
-    env_tasks = [tasks[j % len(tasks)] for j in range(num_envs)]
+    # env j runs task (j // group_size) % n_tasks: GRPO's groups of envs share a task; without groups, j % n_tasks
+    env_tasks = [tasks[(j // group_size) % len(tasks)] for j in range(num_envs)]
     mw = cfg.metaworld
     base = 0 if seed is None else seed
     fns = [partial(_make_task_env, task, base + j, camera=mw.camera, image_size=cfg.image_size,
@@ -344,7 +359,9 @@ def make_metaworld_env(cfg: EnvConfig, num_envs: int, seed: int | None = None) -
                    state_obs=cfg.state_obs, task_seed=mw.task_seed, mesh_lod=mw.mesh_lod,
                    action_repeat=mw.action_repeat)
            for j, task in enumerate(env_tasks)]
-    inner = make_vector(fns, cfg.vector_mode)
-    low, high = inner.single_action_space.low, inner.single_action_space.high
+    inner = make_vector(fns, cfg.vector_mode, chunk_size)
+    space = inner.single_action_space  # [A], or [H, A] with chunks: every step of a chunk has the same bounds
+    low, high = space.low.reshape(-1, ACTION_DIMS)[0], space.high.reshape(-1, ACTION_DIMS)[0]
     return SimVectorEnv(inner, (low.tolist(), high.tolist()), cfg.num_bins, task_labels=env_tasks,
-                        instructions=[instruction_for(t) for t in env_tasks], has_expert=True, seed=seed)
+                        instructions=[instruction_for(t) for t in env_tasks], has_expert=True, seed=seed,
+                        chunk_size=chunk_size)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import ENV_IDS, EnvConfig
+from .chunking import ChunkedVectorEnv
 from .structured import StructuredTaskSpec, StructuredTaskVectorEnv
 
 __all__ = ["ENV_IDS", "make_env", "structured_spec", "tasks_of"]
@@ -26,34 +27,35 @@ def structured_spec(cfg: EnvConfig) -> StructuredTaskSpec:
     )
 
 
-def _structured(cfg: EnvConfig, num_envs: int, seed: int) -> StructuredTaskVectorEnv:
-    return StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed,
-                                   autoreset_mode=cfg.structured.autoreset_mode, spec_seed=cfg.structured.task_seed,
-                                   observation=cfg.observation, image_size=cfg.image_size)
+def _structured(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int, group_size: int) -> Any:
+    env = StructuredTaskVectorEnv(structured_spec(cfg), num_envs, seed=seed,
+                                  autoreset_mode=cfg.structured.autoreset_mode, spec_seed=cfg.structured.task_seed,
+                                  observation=cfg.observation, image_size=cfg.image_size)
+    return ChunkedVectorEnv(env, chunk_size) if chunk_size > 1 else env
 
 
-def _metaworld(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+def _metaworld(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int, group_size: int) -> Any:
     from .metaworld import make_metaworld_env
 
-    return make_metaworld_env(cfg, num_envs, seed)
+    return make_metaworld_env(cfg, num_envs, seed, chunk_size, group_size)
 
 
-def _libero(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+def _libero(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int, group_size: int) -> Any:
     from .libero import make_libero_env
 
-    return make_libero_env(cfg, num_envs, seed)
+    return make_libero_env(cfg, num_envs, seed, chunk_size, group_size)
 
 
-def _maniskill(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+def _maniskill(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int, group_size: int) -> Any:
     from .maniskill import make_maniskill_env
 
-    return make_maniskill_env(cfg, num_envs, seed)
+    return make_maniskill_env(cfg, num_envs, seed, chunk_size)
 
 
-def _gym(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
+def _gym(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int, group_size: int) -> Any:
     from .gym_control import make_gym_env
 
-    return make_gym_env(cfg, num_envs, seed)
+    return make_gym_env(cfg, num_envs, seed, chunk_size)
 
 
 def _metaworld_tasks(cfg: EnvConfig) -> list[str]:
@@ -68,7 +70,7 @@ def _libero_tasks(cfg: EnvConfig) -> list[str]:
     return [name for name, _ in libero_suite_tasks(cfg.task)]
 
 
-ENVS: dict[str, Callable[[EnvConfig, int, int], Any]] = {
+ENVS: dict[str, Callable[[EnvConfig, int, int, int, int], Any]] = {
     "structured": _structured, "metaworld": _metaworld, "libero": _libero, "maniskill": _maniskill, "gym": _gym,
 }
 # what env.task names: one task, or a benchmark of several (MT10, a LIBERO suite)
@@ -79,11 +81,15 @@ TASKS: dict[str, Callable[[EnvConfig], list[str]]] = {
 assert tuple(ENVS) == tuple(TASKS) == ENV_IDS  # config.py lists the ids without importing this module
 
 
-def make_env(cfg: EnvConfig, num_envs: int, seed: int) -> Any:
-    """A vector env of ``num_envs`` copies of ``cfg.id`` following the env contract (envs/contract.py)."""
+def make_env(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int = 1, group_size: int = 1) -> Any:
+    """A vector env of ``num_envs`` copies of ``cfg.id`` following the env contract (envs/contract.py);
+    ``chunk_size > 1``: each step executes a chunk of that many actions open loop (envs/chunking.py);
+    ``group_size``: multi-task envs (MT10, a LIBERO suite) give every block of that many envs one task (GRPO)."""
     if cfg.id not in ENVS:
         raise ValueError(f"unknown env id {cfg.id!r}; valid: {list(ENVS)}")
-    return ENVS[cfg.id](cfg, num_envs, seed)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return ENVS[cfg.id](cfg, num_envs, seed, chunk_size, group_size)
 
 
 def tasks_of(cfg: EnvConfig) -> list[EnvConfig]:

@@ -229,25 +229,42 @@ class StructuredTaskVectorEnv(gym.vector.VectorEnv):
         d, p = self.potential_parts(self._err[mask])
         self._ep_optimal[mask] = d.sum(-1) + p.sum((-1, -2))
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        self._reset_envs(np.ones(self.num_envs, dtype=bool))
+    # envs reset with equal seeds (a list, one per env) start from equal goals (GRPO's groups)
+    repeatable_resets = True
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        """``seed``: one int (the env's RNG, every env a fresh goal) or one seed per env (env i's first goal drawn
+        from its own seed, so envs with equal seeds start alike; later episodes come from the RNG of ``seed[0]``)."""
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"reset got {len(seed)} seeds for {self.num_envs} envs")
+            self._reset_envs(np.ones(self.num_envs, dtype=bool))  # fills the bookkeeping; the goals are redrawn
+            for i, s in enumerate(seed):
+                self._rng = np.random.default_rng(int(s))
+                self._reset_envs(np.arange(self.num_envs) == i)
+            self._rng = np.random.default_rng(int(seed[0]))
+        else:
+            if seed is not None:
+                self._rng = np.random.default_rng(seed)
+            self._reset_envs(np.ones(self.num_envs, dtype=bool))
         self._needs_reset[:] = False
         return self._obs(), {"optimal_return": self._ep_optimal.copy()}
 
-    def step(self, actions):
+    def step(self, actions, active: np.ndarray | None = None):
+        """One step of every env; ``active`` (bool ``[N]``): only these envs act, the others keep their state and
+        get no reward (action chunks, envs/chunking.py: an env whose episode ended inside a chunk waits)."""
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, self.spec.action_dims)
         N = self.num_envs
         resetting = self._needs_reset.copy()  # next-step autoreset: these calls only reset
+        idle = resetting if active is None else resetting | ~np.asarray(active, bool)
         per_dim, pair = self.reward_parts(self._err, actions)
-        per_dim[resetting] = 0.0
-        pair[resetting] = 0.0
+        per_dim[idle] = 0.0
+        pair[idle] = 0.0
         noise = self._rng.normal(0.0, self.spec.noise_std, N) if self.spec.noise_std > 0 else np.zeros(N)
         reward = per_dim.sum(-1) + pair.sum((-1, -2)) + noise
-        reward[resetting] = 0.0
+        reward[idle] = 0.0
 
-        active = ~resetting
+        active = ~idle
         self._err[active] += self.moves(actions[active])
         self._t[active] += 1
         self._ep_return[active] += reward[active]

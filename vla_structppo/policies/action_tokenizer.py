@@ -51,6 +51,7 @@ class ActionTokenizer:
     mask: list[bool] | None = None  # openvla: the dims that are normalised (the gripper is not)
     fixed: list[bool] | None = None  # openvla: dims whose statistics have min == max (normalised to 0)
     unnorm_key: str | None = None  # openvla: the dataset statistics the bounds come from
+    unnorm_eps: float | None = None  # openvla: OpenVLA-OFT un-normalises with (high - low + 1e-8)
 
     def __post_init__(self) -> None:
         D, K = self.action_dims, self.num_bins
@@ -68,6 +69,8 @@ class ActionTokenizer:
         elif any(not (math.isfinite(lo) and math.isfinite(hi) and (hi > lo or (self.mode == "openvla" and hi >= lo)))
                  for lo, hi in zip(self.low, self.high)):
             problems.append("every dim needs finite bounds with high > low")
+        if self.unnorm_eps is not None and (self.mode != "openvla" or not 0 <= self.unnorm_eps < 1e-3):
+            problems.append(f"unnorm_eps is for mode 'openvla', a small number >= 0, got {self.unnorm_eps!r}")
         for name in ("mask", "fixed"):
             value = getattr(self, name)
             if value is not None and (self.mode != "openvla" or len(value) != D):
@@ -112,10 +115,11 @@ class ActionTokenizer:
 
     @classmethod
     def openvla(cls, norm_stats: dict, unnorm_key: str | None, *, vocab_size: int = 32000,
-                num_bins: int = 256) -> ActionTokenizer:
+                num_bins: int = 256, oft: bool = False, bounds: str = "q99") -> ActionTokenizer:
         """OpenVLA's own coding of a checkpoint's ``norm_stats`` (config.json): bin ``k`` is token
         ``vocab_size - 1 - k`` (the last 256 ids, reversed), bounds ``q01`` / ``q99`` of
-        ``norm_stats[unnorm_key]["action"]`` with its ``mask`` (vla_structppo.bins.OpenVLABins)."""
+        ``norm_stats[unnorm_key]["action"]`` with its ``mask`` (vla_structppo.bins.OpenVLABins). ``oft``: OpenVLA-OFT's
+        un-normalisation (``+ 1e-8`` on the range); ``bounds="minmax"``: its ALOHA statistics (``min`` / ``max``)."""
         if not norm_stats:
             raise ActionTokenizerError("the checkpoint's config.json has no norm_stats to un-normalise actions with")
         if unnorm_key is None:
@@ -133,15 +137,16 @@ class ActionTokenizer:
         mask = [bool(m) for m in stats.get("mask", [True] * D)]
         fixed = [lo == hi for lo, hi in zip(stats.get("min", [0.0] * D), stats.get("max", [1.0] * D))]
         ids = [vocab_size - 1 - k for k in range(num_bins)]
-        return cls(D, num_bins, ids, list(stats["q01"]), list(stats["q99"]), mode="openvla", mask=mask, fixed=fixed,
-                   unnorm_key=unnorm_key)
+        low, high = (stats["min"], stats["max"]) if bounds == "minmax" else (stats["q01"], stats["q99"])
+        return cls(D, num_bins, ids, list(low), list(high), mode="openvla", mask=mask, fixed=fixed,
+                   unnorm_key=unnorm_key, unnorm_eps=1e-8 if oft else None)
 
     # -- mapping (vla_structppo/bins.py: the bin grid every env shares, or OpenVLA's coding) ----------------
     @property
     def coding(self) -> BinCoding:
         """The bin <-> continuous mapping of these tokens (what an env decodes a policy's bins with)."""
         if self.mode == "openvla":
-            return OpenVLABins(self.low, self.high, self.mask, self.fixed, self.num_bins)
+            return OpenVLABins(self.low, self.high, self.mask, self.fixed, self.num_bins, self.unnorm_eps or 0.0)
         return BinGrid(self.low, self.high, self.num_bins)
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
@@ -209,7 +214,7 @@ class ActionTokenizer:
             raise ActionTokenizerError(f"{p}: not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ActionTokenizerError(f"{p}: expected a JSON object")
-        optional = {"token_strings", "mask", "fixed", "unnorm_key"}
+        optional = {"token_strings", "mask", "fixed", "unnorm_key", "unnorm_eps"}
         expected = {"format_version", "action_dims", "num_bins", "token_ids", "low", "high", "mode", *optional}
         unknown, missing = set(data) - expected, expected - set(data) - optional
         if unknown or missing:

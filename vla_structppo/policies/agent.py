@@ -43,7 +43,9 @@ class AgentOutput:
 
 
 class Agent(nn.Module):
-    def __init__(self, policy: nn.Module, value_head: ValueHead | ObservationCritic,
+    """``value_head`` is None when nothing needs a critic (``advantage.estimator: grpo``): ``value`` is then 0."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead | ObservationCritic | None,
                  adv_head: StructuredAdvantageHead | None, value_stop_gradient: bool = False):
         super().__init__()
         self.policy = policy
@@ -58,8 +60,12 @@ class Agent(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, policy: nn.Module) -> Agent:
-        """``policy`` with fresh value and (when ``head.enabled``) structured advantage heads."""
-        if cfg.policy.value_network == "separate":
+        """``policy`` with a fresh value head (unless the advantage estimator needs no critic) and, when
+        ``head.enabled``, a structured advantage head over the policy's action tokens (``H x A`` with chunks)."""
+        value: ValueHead | ObservationCritic | None
+        if not cfg.needs_critic:
+            value = None
+        elif cfg.policy.value_network == "separate":
             value: ValueHead | ObservationCritic = ObservationCritic(
                 policy.obs_dim, cfg.policy.value_hidden_size, cfg.policy.num_layers, cfg.policy.orthogonal_init)
         else:
@@ -70,7 +76,7 @@ class Agent(nn.Module):
             # a VLA's bins are vocabulary tokens: the head reads their (frozen) input embeddings
             bins = policy.bin_embeddings() if hasattr(policy, "bin_embeddings") else None
             head = StructuredAdvantageHead(
-                policy.feature_dim, cfg.env.action_dims, cfg.env.num_bins, hidden_size=h.hidden_size,
+                policy.feature_dim, policy.action_dims, cfg.env.num_bins, hidden_size=h.hidden_size,
                 bin_embed_dim=h.bin_embed_dim, rank=h.rank, pairwise=h.pairwise, centering=h.centering,
                 stop_gradient=h.stop_gradient, bin_embeddings=bins,
             )
@@ -113,7 +119,9 @@ class Agent(nn.Module):
         return bool(self.policy.autoregressive)
 
     def value(self, inputs: Any, features: torch.Tensor) -> torch.Tensor:
-        """``V(s) [B]`` for prepared policy ``inputs`` whose state feature is ``features``."""
+        """``V(s) [B]`` for prepared policy ``inputs`` whose state feature is ``features`` (0 without a critic)."""
+        if self.value_head is None:
+            return features.new_zeros(features.shape[0])
         return self.value_head(inputs if self.value_reads_obs else features)
 
     def forward(self, obs: Any, actions: torch.Tensor, centering_weights: torch.Tensor | None = None,

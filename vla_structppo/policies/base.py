@@ -14,12 +14,15 @@ __all__ = ["ActOutput", "EvalOutput", "Policy", "StateInputsMixin", "categorical
 class ActOutput:
     """``actions [B, D]`` (long bins), ``logp [B, D]`` per-dim log-probs of them, ``features [B, H]``
     the state feature, ``bin_probs [B, D, K]`` the per-dim bin distributions the actions were drawn
-    from (``pi_i(. | s, a^{<i})``; the head's policy centering weights)."""
+    from (``pi_i(. | s, a^{<i})``; the head's policy centering weights). ``continuous [B, H, A]``: normalised
+    continuous actions from a regression head (OpenVLA-OFT's L1 head), which an env executes instead of the bins;
+    None for token policies."""
 
     actions: torch.Tensor
     logp: torch.Tensor
     features: torch.Tensor
     bin_probs: torch.Tensor
+    continuous: torch.Tensor | None = None
 
 
 @dataclass

@@ -1,9 +1,15 @@
 """A Hugging Face vision-language model as a D-dimensional action-token policy (the policy protocol).
 
-Dim ``i`` of the action is the i-th generated token, restricted to the K bin tokens of the action
+Dim ``i`` of the action is the i-th action token, restricted to the K bin tokens of the action
 tokenizer: ``log pi_i(a^i | s, a^{<i})`` is a log-softmax over those K logits only, in rollout and
-update alike (ALGORITHM.md §1). ``act`` decodes the D tokens with the KV cache (one prefill + D-1
-single-token steps); ``evaluate`` is one teacher-forced forward over prompt + D tokens. Both compute
+update alike (ALGORITHM.md §1). With action chunks (``action.chunk_size: H``) the policy emits ``D = H x A``
+tokens per decision, step-major (the A dims of step 0, then step 1 ...).
+
+Two decodings (``action.decoding``). ``autoregressive``: ``act`` decodes the D tokens with the KV cache (one
+prefill + D-1 single-token steps); ``evaluate`` is one teacher-forced forward over prompt + D tokens.
+``parallel`` (OpenVLA-OFT, parallel_decoding.py): one forward over prompt + D zeroed slots + the stop token
+with bidirectional attention gives all D distributions at once, for ``act`` and ``evaluate`` alike; the tokens
+are then conditionally independent given the observation (``autoregressive = False``). Both compute
 positions from the attention mask themselves, so a prompt padded on the left by a different amount
 (rollout batch vs update minibatch) gets identical log-probs, and both pass the architecture's extra
 inputs (PaliGemma's ``token_type_ids``, Qwen-VL's 3-D positions) the same way — otherwise the PPO
@@ -29,7 +35,9 @@ from torch import nn
 
 from .action_tokenizer import ActionTokenizer
 from .base import ActOutput, EvalOutput, categorical_stats
-from .vla_arch import ArchSpec
+from .hf_compat import cache_keyword
+from .parallel_decoding import DECODINGS, ParallelLayout, bidirectional_mask, zeroed_slots
+from .vla_arch import ARCHS, ArchSpec, UnsupportedArchitectureError
 
 __all__ = ["VLAPolicy"]
 
@@ -38,13 +46,12 @@ _SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids
 
 
 class VLAPolicy(nn.Module):
-    """``model`` (a transformers VLM, optionally wrapped by peft) + processor + action tokenizer."""
-
-    autoregressive = True
+    """``model`` (a transformers VLM, optionally wrapped by peft) + processor + action tokenizer; ``chunk_size``
+    env steps per decision, decoded ``autoregressive`` or ``parallel`` (module doc)."""
 
     def __init__(self, model: nn.Module, processor: Any, action_tokenizer: ActionTokenizer, arch: ArchSpec, *,
                  prompt: str = "In: What action should the robot take to {instruction}?\nOut:",
-                 feature_layer: int = -1) -> None:
+                 feature_layer: int = -1, chunk_size: int = 1, decoding: str = "autoregressive") -> None:
         super().__init__()
         self.model = model
         self.processor = processor
@@ -54,14 +61,30 @@ class VLAPolicy(nn.Module):
         self.feature_layer = feature_layer
         # the policy's own temperature (PPO's rollout temperature): part of pi in act AND evaluate
         self.temperature = 1.0
-        self.action_dims = action_tokenizer.action_dims
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+        if decoding == "parallel" and not arch.parallel_decoding:
+            raise UnsupportedArchitectureError(
+                f"action.decoding=parallel is implemented for {[a for a, s in ARCHS.items() if s.parallel_decoding]}, not "
+                f"{arch.name}: its "
+                "attention mask or positions are built inside the model; use action.decoding=autoregressive")
+        self.chunk_size, self.decoding = int(chunk_size), decoding
+        self.autoregressive = decoding == "autoregressive"  # parallel: tokens independent given the observation
+        self.step_dims = action_tokenizer.action_dims  # A: dims of one env step
+        self.action_dims = self.chunk_size * self.step_dims  # D = H x A tokens per decision
         self.num_bins = action_tokenizer.num_bins
         text_cfg = self.base_model.config.get_text_config()
         self.feature_dim = int(text_cfg.hidden_size)
         self.register_buffer("bin_token_ids", torch.tensor(action_tokenizer.token_ids, dtype=torch.long),
                              persistent=False)
+        # OpenVLA-OFT's official-layout extras (openvla/oft.py), attached by the loader: the proprio projector (the
+        # robot state as one token) and the L1 regression head (continuous actions: evaluation only)
+        self.proprio_projector: nn.Module | None = None
+        self.action_head: nn.Module | None = None
         tok = processor.tokenizer
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # parallel decoding ends the sequence with the stop token (OFT: </s>, id 2 for Llama)
+        self.stop_token_id = tok.eos_token_id if tok.eos_token_id is not None else self.pad_token_id
         vocab = self.base_model.get_output_embeddings().weight.shape[0]
         if max(action_tokenizer.token_ids) >= vocab:
             raise ValueError(f"action token ids reach {max(action_tokenizer.token_ids)} but the model's output "
@@ -97,20 +120,30 @@ class VLAPolicy(nn.Module):
             instruction = instruction.lower()
         return self.arch.image_text + self.prompt.format(instruction=instruction)
 
+    @property
+    def num_images(self) -> int:
+        """Pictures per observation the processor takes (OpenVLA-OFT: third-person + wrist; otherwise 1)."""
+        return int(getattr(self.processor, "num_images", 1))
+
     def prepare(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"image": uint8 [B, H, W, 3] (or [B, V, H, W, 3] for V views), "instruction": [B] str}`` ->
-        processor outputs on the policy's device, left-padded, every tensor batch-first."""
+        """``{"image": uint8 [B, H, W, 3] (or [B, V, H, W, 3] for V views, or per sample a list of V pictures of any
+        sizes), "instruction": [B] str[, "state": [B, P]]}`` -> processor outputs on the policy's device, left-padded,
+        every tensor batch-first."""
         from PIL import Image
 
-        images = np.asarray(obs["image"])
-        if images.ndim == 4:
-            images = images[:, None]
+        views = _views(obs["image"])
         instructions = [str(s) for s in obs["instruction"]]
-        if images.shape[1] != 1:
-            raise ValueError("multi-view observations are not supported yet: give one image per sample")
-        pil = [Image.fromarray(img[0]) for img in images]
+        if any(len(v) != self.num_images for v in views):
+            raise ValueError(f"the observations have {sorted({len(v) for v in views})} picture(s) per sample, this "
+                             f"model reads {self.num_images} (model.num_images; several views: OpenVLA-OFT only)")
         texts = [self.prompt_text(s) for s in instructions]
-        enc = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
+        if self.arch.native:  # OpenVLA's processor: several views per sample, OFT's robot state
+            pil_views = [[Image.fromarray(np.asarray(view)) for view in sample] for sample in views]
+            state = obs.get("state") if self.proprio_projector is not None else None
+            enc = self.processor(images=pil_views, text=texts, return_tensors="pt", padding=True, proprio=state)
+        else:
+            pil = [Image.fromarray(np.asarray(sample[0])) for sample in views]
+            enc = self.processor(images=pil, text=texts, return_tensors="pt", padding=True)
         out = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor) and k != "labels"}
         if self.arch.flat_pixels:  # [B * P, dim] -> [B, P, dim] so minibatches can index it
             out["pixel_values"] = out["pixel_values"].reshape(len(pil), -1, out["pixel_values"].shape[-1])
@@ -161,6 +194,9 @@ class VLAPolicy(nn.Module):
                 continue
             if key == "pixel_values" and self.arch.flat_pixels:
                 value = value.reshape(-1, value.shape[-1])
+            if key == "proprio":  # OFT: the normalised robot state, projected into one token's embedding
+                kw["proprio_embeds"] = self.proprio_projector(value.to(self.base_model.dtype))
+                continue
             kw[key] = value.to(self.base_model.dtype) if value.is_floating_point() else value
         B = inputs["input_ids"].shape[0]
         if self.arch.token_type_ids:
@@ -208,7 +244,19 @@ class VLAPolicy(nn.Module):
 
     def act(self, inputs: dict[str, torch.Tensor], *, deterministic: bool = False,
             temperature: float = 1.0) -> ActOutput:
-        """Decode D bin tokens with the KV cache; log-probs are of the untempered restricted softmax."""
+        """D bin tokens (greedy, or sampled at ``temperature``); log-probs are of the policy's own restricted softmax
+        (at its ``self.temperature``), whatever ``temperature`` the sampling used."""
+        if not self.autoregressive:
+            logits, features, slot_hidden = self._parallel_logits(inputs)  # [B, D, K]
+            if deterministic:
+                actions = logits.argmax(-1)
+            else:  # every token drawn on its own: they are independent given the observation
+                probs = torch.softmax(logits / temperature, dim=-1)
+                actions = torch.multinomial(probs.reshape(-1, self.num_bins), 1).reshape(logits.shape[:2])
+            logp, _, probs = categorical_stats(logits, actions)
+            # OFT's L1 head: normalised continuous actions [B, H, A] from the same forward (what the env executes)
+            continuous = self.action_head(slot_hidden).float() if self.action_head is not None else None
+            return ActOutput(actions, logp, features, probs, continuous)
         inputs = self._trim(inputs)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         B = ids.shape[0]
@@ -235,14 +283,19 @@ class VLAPolicy(nn.Module):
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
             last, _, cache = self._decode(input_ids=self.bin_token_ids[a_i][:, None], attention_mask=mask,
-                                          position_ids=next_pos, cache=cache, use_cache=True, **step_kw)
+                                          position_ids=next_pos, use_cache=True, **{cache_keyword(): cache}, **step_kw)
             next_pos = next_pos + 1
         actions_t = torch.stack(actions, dim=1)
         logp, _, probs = categorical_stats(torch.stack(logits_all, dim=1), actions_t)
         return ActOutput(actions_t, logp, features, probs)
 
     def evaluate(self, inputs: dict[str, torch.Tensor], actions: torch.Tensor) -> EvalOutput:
-        """One teacher-forced forward over prompt + the D action tokens."""
+        """One teacher-forced forward over prompt + the D action tokens (parallel decoding: the same forward as
+        ``act``, which the actions do not enter)."""
+        if not self.autoregressive:
+            logits, features, _ = self._parallel_logits(inputs)
+            logp, entropy, probs = categorical_stats(logits, actions)
+            return EvalOutput(logp, entropy, features, probs)
         inputs = self._trim(inputs)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         B, L, D = ids.shape[0], ids.shape[1], self.action_dims
@@ -254,6 +307,22 @@ class VLAPolicy(nn.Module):
         logits = self._bin_logits(last[:, L - 1:L - 1 + D])  # positions L-1 .. L+D-2 predict the D tokens
         logp, entropy, probs = categorical_stats(logits, actions)
         return EvalOutput(logp, entropy, feats[:, L - 1].float(), probs)
+
+    def _parallel_logits(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(bin logits [B, D, K], state feature [B, H], slot hidden states [B, D, H])`` of one bidirectional
+        forward over prompt + D zeroed slots + stop token (parallel_decoding.py); the feature is the last prompt
+        token's hidden state; the slot hidden states (the positions the logits are read at) feed OFT's L1 head."""
+        inputs = self._trim(inputs)
+        layout = ParallelLayout.build(inputs["input_ids"], inputs["attention_mask"], self.action_dims,
+                                      slot_id=int(self.bin_token_ids[0]), stop_id=self.stop_token_id)
+        model = self.base_model
+        mask = bidirectional_mask(model.config.get_text_config(), layout.attention_mask, model.dtype)
+        positions = self._positions(layout.input_ids, layout.attention_mask, inputs)
+        with zeroed_slots(model.get_input_embeddings(), layout.slots):
+            last, feats, _ = self._decode(input_ids=layout.input_ids, attention_mask=mask, position_ids=positions,
+                                          use_cache=False, **self._forward_kwargs(inputs, self.action_dims + 1))
+        slot_hidden = last[:, layout.logit_positions]
+        return self._bin_logits(slot_hidden), feats[:, layout.prompt_length - 1].float(), slot_hidden
 
     # -- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -281,3 +350,13 @@ class VLAPolicy(nn.Module):
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _views(images: Any) -> list[list[np.ndarray]]:
+    """Per sample, its pictures: from ``[B, H, W, 3]``, ``[B, V, H, W, 3]`` or a list of per-sample picture lists."""
+    if isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):
+        return [list(sample) for sample in images]
+    array = np.asarray(images)
+    if array.ndim == 4:
+        array = array[:, None]
+    return [list(sample) for sample in array]

@@ -49,6 +49,10 @@ class ArchSpec:
     """Loaded by this project's own classes (policies/openvla), not transformers' Auto classes."""
     action_tokens: str = "last_k"
     """The action coding ``model.action_tokens: auto`` picks: ``openvla`` for OpenVLA, else ``last_k``."""
+    parallel_decoding: bool = False
+    """``action.decoding: parallel`` works: the language model takes a 4-D attention mask and the policy's position
+    ids as they are (a Llama text model behind a plain image-token merge; not PaliGemma's prefix mask nor
+    Qwen-VL's M-RoPE, which build theirs from the 2-D mask)."""
 
     def lora_regex(self) -> str:
         return (rf"^{self.language_model}\.layers\.\d+\."
@@ -61,12 +65,13 @@ ARCHS: dict[str, ArchSpec] = {
     "paligemma": ArchSpec("paligemma", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
                           image_text="<image>", position_offset=1, token_type_ids=True),
     "qwen2_5_vl": ArchSpec("qwen2_5_vl", **_QWEN),
-    "idefics3": ArchSpec("idefics3", r"model\.text_model", r"model\.(vision_model|connector)", image_text="<image>"),
+    "idefics3": ArchSpec("idefics3", r"model\.text_model", r"model\.(vision_model|connector)", image_text="<image>",
+                         parallel_decoding=True),
     "llava": ArchSpec("llava", r"model\.language_model", r"model\.(vision_tower|multi_modal_projector)",
-                      image_text="<image>"),
+                      image_text="<image>", parallel_decoding=True),
     # Prismatic's parameter names: the Llama under language_model, the fused ViTs + projector beside it
     "openvla": ArchSpec("openvla", r"language_model\.model", r"(vision_backbone|projector)", image_text="",
-                        lowercase_instruction=True, native=True, action_tokens="openvla"),
+                        lowercase_instruction=True, native=True, action_tokens="openvla", parallel_decoding=True),
 }
 
 

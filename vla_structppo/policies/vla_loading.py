@@ -21,8 +21,12 @@ from . import processors  # noqa: F401 - registers the image-only Qwen2.5-VL pro
 from .action_tokenizer import ActionTokenizer, ActionTokenizerError
 from .vla_arch import ArchSpec, VLACheckpointError, arch_for
 
-__all__ = ["VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "check_model_weights", "load_vla_policy",
-           "local_snapshot", "preflight", "read_model_config", "resolve_action_tokens"]
+__all__ = ["DATASET_STATISTICS", "VLACheckpointError", "VLAFiles", "VLASources", "apply_lora", "check_model_weights",
+           "load_vla_policy", "local_snapshot", "openvla_norm_stats", "preflight", "read_model_config",
+           "resolve_action_tokens"]
+
+
+DATASET_STATISTICS = "dataset_statistics.json"
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,10 @@ def resolve_action_tokens(m: ModelConfig, arch: ArchSpec) -> str:
     return arch.action_tokens if m.action_tokens == "auto" else m.action_tokens
 
 
-def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASources) -> VLAFiles:
-    """Check the model behind ``sources`` against the recipe without loading weights."""
+def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASources, *,
+              parallel: bool = False) -> VLAFiles:
+    """Check the model behind ``sources`` against the recipe without loading weights. ``parallel``: the policy
+    decodes OpenVLA-OFT's way (an OpenVLA checkpoint is then an OFT one: its un-normalisation, its extra files)."""
     weights = sources.weights
     if _is_local(weights):
         model_config = read_model_config(weights)
@@ -162,7 +168,9 @@ def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASourc
                     f"model.action_tokens={action_tokenizer.mode}")
             action_tokenizer = None  # a base model: build the bins the recipe asks for
     if action_tokenizer is None and mode == "openvla":  # the checkpoint's own statistics, checked now
-        action_tokenizer = ActionTokenizer.openvla(model_config.get("norm_stats") or {}, m.unnorm_key)
+        action_tokenizer = ActionTokenizer.openvla(openvla_norm_stats(weights, model_config, sources.revision),
+                                                   m.unnorm_key, oft=parallel)
+    _check_oft_options(m, arch, sources)
     D, K = action_dims, num_bins
     vocab = _vocab_size(model_config)
     if action_tokenizer is not None:
@@ -187,6 +195,33 @@ def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASourc
     return VLAFiles(sources, arch, action_tokenizer)
 
 
+def openvla_norm_stats(weights: str, model_config: dict, revision: str | None = None) -> dict:
+    """An OpenVLA checkpoint's dataset statistics: ``dataset_statistics.json`` beside the weights when there is one
+    (OpenVLA-OFT's loader prefers it, ``_load_dataset_stats``), else config.json's ``norm_stats``."""
+    if _is_local(weights) and (Path(weights) / DATASET_STATISTICS).is_file():
+        return check_json(Path(weights) / DATASET_STATISTICS)
+    return model_config.get("norm_stats") or {}
+
+
+def _check_oft_options(m: ModelConfig, arch: ArchSpec, sources: VLASources) -> None:
+    """OpenVLA-OFT's official-layout options need an OpenVLA checkpoint and, for the proprio token and the L1 head,
+    their files beside the weights (openvla/oft.py): each missing one is named before anything loads."""
+    wants = [name for name, on in (("model.num_images > 1", m.num_images > 1), ("model.use_proprio", m.use_proprio),
+                                   ("model.action_head=l1", m.action_head == "l1")) if on]
+    if not wants:
+        return
+    if arch.name != "openvla":
+        raise VLACheckpointError(f"{', '.join(wants)} are OpenVLA-OFT's official-layout options; this checkpoint is "
+                                 f"a {arch.name} model")
+    from .openvla.oft import find_oft_file
+
+    directory = local_snapshot(sources.weights, sources.revision)
+    if m.use_proprio:
+        find_oft_file(directory, "proprio_projector")
+    if m.action_head == "l1":
+        find_oft_file(directory, "action_head")
+
+
 def _dtype(name: str):
     import torch
 
@@ -194,9 +229,11 @@ def _dtype(name: str):
 
 
 def load_vla_policy(m: ModelConfig, action_dims: int, num_bins: int, files: VLAFiles, *,
-                    bounds: tuple[list[float], list[float]] | None = None):
+                    bounds: tuple[list[float], list[float]] | None = None, chunk_size: int = 1,
+                    decoding: str = "autoregressive"):
     """The VLA policy (weights loaded, LoRA applied or loaded, trainable parameters set). ``bounds``:
-    the action normalisation bounds to use (SFT from a dataset's q01 / q99), else the tokenizer's."""
+    the action normalisation bounds to use (SFT from a dataset's q01 / q99), else the tokenizer's.
+    ``action_dims``: dims of one env step (A); the policy emits ``chunk_size x A`` tokens, decoded as ``decoding``."""
     from .vla import VLAPolicy
 
     src = files.sources
@@ -204,6 +241,7 @@ def load_vla_policy(m: ModelConfig, action_dims: int, num_bins: int, files: VLAF
         from .openvla import OpenVLAProcessor, load_openvla
 
         processor = OpenVLAProcessor.from_pretrained(local_snapshot(src.processor, src.revision))
+        processor.num_images = m.num_images
         model = load_openvla(local_snapshot(src.weights, src.revision), _dtype(m.dtype), m.attn_implementation)
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -240,7 +278,33 @@ def load_vla_policy(m: ModelConfig, action_dims: int, num_bins: int, files: VLAF
         model = apply_lora(model, files.arch, m, action_tokenizer, adapter_from=src.adapter)
     else:
         _set_full_finetune(model, files.arch, m.lora.include_vision)
-    return VLAPolicy(model, processor, action_tokenizer, files.arch, prompt=m.prompt, feature_layer=m.feature_layer)
+    policy = VLAPolicy(model, processor, action_tokenizer, files.arch, prompt=m.prompt, feature_layer=m.feature_layer,
+                       chunk_size=chunk_size, decoding=decoding)
+    if m.use_proprio or m.action_head == "l1":
+        _attach_oft_extras(policy, m, local_snapshot(src.weights, src.revision))
+    return policy
+
+
+def _attach_oft_extras(policy: Any, m: ModelConfig, directory: str) -> None:
+    """OpenVLA-OFT's proprio projector and / or L1 head from their files (openvla/oft.py), frozen: they are
+    evaluated, not trained."""
+    from .openvla.oft import L1ActionHead, ProprioProjector, find_oft_file, load_oft_module
+
+    model, tok = policy.base_model, policy.action_tokenizer
+    llm_dim, dtype = policy.feature_dim, model.dtype
+    if m.use_proprio:
+        stats = openvla_norm_stats(directory, read_model_config(directory)).get(tok.unnorm_key, {}).get("proprio")
+        if not stats or "q01" not in stats:
+            raise VLACheckpointError(f"model.use_proprio=true, but the statistics of {tok.unnorm_key!r} have no proprio "
+                                     f"q01 / q99 ({directory}/{DATASET_STATISTICS} or config.json norm_stats)")
+        policy.processor.proprio_stats = stats
+        projector = ProprioProjector(llm_dim, len(stats["q01"])).to(dtype)
+        load_oft_module(projector, find_oft_file(directory, "proprio_projector"))
+        policy.proprio_projector = projector.requires_grad_(False).to(policy.device)
+    if m.action_head == "l1":
+        head = L1ActionHead(llm_dim, tok.action_dims).to(dtype)
+        load_oft_module(head, find_oft_file(directory, "action_head"))
+        policy.action_head = head.requires_grad_(False).to(policy.device)
 
 
 def _reserved_ids(tokenizer, model) -> list[int]:

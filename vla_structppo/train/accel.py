@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from ..checkpoints.rundir import RunDirError, RunLock, claim_run_dir
 from ..config import ConfigError, TrainConfig
 
-__all__ = ["any_rank", "claim", "make_accelerator"]
+__all__ = ["all_reduce_sum", "any_rank", "claim", "make_accelerator"]
 
 
 def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> Accelerator:
@@ -29,6 +29,15 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
     if accelerator.num_processes > 1:
         t = accelerator.reduce(t, reduction="sum")
     return bool(t.item() > 0)
+
+
+def all_reduce_sum(accelerator: Accelerator):
+    """A function summing a tensor over every process (the identity on one process)."""
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(x.to(accelerator.device), reduction="sum") if accelerator.num_processes > 1 else x
+
+    return reduce
 
 
 def claim(cfg: TrainConfig, accelerator: Accelerator) -> RunLock | None:

@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode
 from ..envs.contract import map_obs, take_obs
 from ..policies.agent import Agent
 
-__all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout"]
+__all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout", "executed_env_steps", "stack_rollout"]
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Rollout:
     next_value: torch.Tensor  # [N]
     reward_per_dim: torch.Tensor | None  # [T, N, D] ground truth, when the env exposes it
     episodes: EpisodeStats
+    # action chunks (envs/chunking.py): each executed step's reward [T, N, H] and the steps executed [T, N]
+    chunk_rewards: torch.Tensor | None = None
+    chunk_steps: torch.Tensor | None = None
 
 
 def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -> torch.Tensor:
@@ -80,59 +83,72 @@ def _final_obs_values(agent: Agent, info: dict, truncated: np.ndarray, device) -
 def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, device: torch.device) -> Rollout:
     """Step ``envs`` for ``num_steps`` with ``agent.policy.act``; updates ``state`` in place."""
     next_step = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
-    T, N = num_steps, envs.num_envs
-    buf: dict[str, list] = {k: [] for k in ("obs", "actions", "logp", "bin_probs", "features", "values", "rewards",
-                                             "terminated", "truncated", "valid", "final_values", "reward_per_dim")}
+    N = envs.num_envs
+    steps: list[dict[str, Any]] = []
     episodes = EpisodeStats()
     policy = agent.policy
-    for _ in range(T):
+    for _ in range(num_steps):
         obs_t = policy.prepare(state.obs)
         out = policy.act(obs_t)
         value = agent.value(obs_t, out.features).float()
         next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         valid = ~state.resetting if next_step else np.ones(N, bool)
-        buf["obs"].append(obs_t)
-        buf["actions"].append(out.actions)
-        buf["logp"].append(out.logp.float())
-        buf["bin_probs"].append(out.bin_probs.float())
-        buf["features"].append(out.features.float())
-        buf["values"].append(value)
-        buf["rewards"].append(torch.as_tensor(reward, dtype=torch.float32, device=device))
-        buf["terminated"].append(torch.as_tensor(terminated, device=device))
-        buf["truncated"].append(torch.as_tensor(truncated, device=device))
-        buf["valid"].append(torch.as_tensor(valid, device=device))
         # next-step autoreset: the final obs IS the next obs, its value is filled in below
-        buf["final_values"].append(torch.zeros(N, device=device) if next_step
-                                   else _final_obs_values(agent, info, truncated & ~terminated, device))
-        if "reward_per_dim" in info:
-            buf["reward_per_dim"].append(torch.as_tensor(info["reward_per_dim"], dtype=torch.float32, device=device))
+        final_value = (torch.zeros(N, device=device) if next_step
+                       else _final_obs_values(agent, info, truncated & ~terminated, device))
+        steps.append(dict(obs=obs_t, out=out, value=value, reward=reward, terminated=terminated, truncated=truncated,
+                          valid=valid, info=info, final_value=final_value))
         _record_episodes(info, episodes)
         state.obs = next_obs if isinstance(next_obs, dict) else np.asarray(next_obs)
         state.resetting = terminated | truncated if next_step else np.zeros(N, bool)
 
     next_inputs = policy.prepare(state.obs)
     next_value = agent.value(next_inputs, policy.encode(next_inputs)).float()
-    values = torch.stack(buf["values"])
-    final_values = torch.stack(buf["final_values"])
-    if next_step:
-        following = torch.cat([values[1:], next_value[None]], dim=0)  # V(obs_{t+1}) = V(final obs)
-        final_values = following
+    rollout = stack_rollout(policy, steps, episodes, next_value, device)
+    if next_step:  # V(obs_{t+1}) = V(final obs)
+        rollout.final_values = torch.cat([rollout.values[1:], next_value[None]], dim=0)
+    return rollout
+
+
+def executed_env_steps(rollout: Rollout) -> int:
+    """Env steps the rollout took (every env's, valid or not): its decisions x the steps each chunk executed."""
+    if rollout.chunk_steps is not None:
+        return int(rollout.chunk_steps.sum())
+    return int(rollout.rewards.numel())
+
+
+def stack_rollout(policy: Any, steps: list[dict[str, Any]], episodes: EpisodeStats, next_value: torch.Tensor,
+                  device: torch.device) -> Rollout:
+    """The ``[T, N, ...]`` rollout of per-step records ``{obs, out (ActOutput), value, reward, terminated, truncated,
+    valid, info[, final_value]}``; a step without ``final_value`` bootstraps nothing (zeros)."""
+    N = len(steps[0]["valid"])
+
+    def stack(key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(s[key], dtype=dtype, device=device) for s in steps])
+
+    def from_info(key: str, dtype: torch.dtype) -> torch.Tensor | None:
+        if not all(key in s["info"] for s in steps):
+            return None
+        return torch.stack([torch.as_tensor(s["info"][key], dtype=dtype, device=device) for s in steps])
+
     return Rollout(
-        obs=policy.collate(buf["obs"]),
-        actions=torch.stack(buf["actions"]),
-        logp=torch.stack(buf["logp"]),
-        bin_probs=torch.stack(buf["bin_probs"]),
-        features=torch.stack(buf["features"]),
-        values=values,
-        rewards=torch.stack(buf["rewards"]),
-        terminated=torch.stack(buf["terminated"]),
-        truncated=torch.stack(buf["truncated"]),
-        valid=torch.stack(buf["valid"]),
-        final_values=final_values,
+        obs=policy.collate([s["obs"] for s in steps]),
+        actions=torch.stack([s["out"].actions for s in steps]),
+        logp=torch.stack([s["out"].logp.float() for s in steps]),
+        bin_probs=torch.stack([s["out"].bin_probs.float() for s in steps]),
+        features=torch.stack([s["out"].features.float() for s in steps]),
+        values=torch.stack([s["value"] for s in steps]),
+        rewards=stack("reward", torch.float32),
+        terminated=stack("terminated"),
+        truncated=stack("truncated"),
+        valid=stack("valid"),
+        final_values=torch.stack([s.get("final_value", torch.zeros(N, device=device)) for s in steps]),
         next_value=next_value,
-        reward_per_dim=torch.stack(buf["reward_per_dim"]) if buf["reward_per_dim"] else None,
+        reward_per_dim=from_info("reward_per_dim", torch.float32),
         episodes=episodes,
+        chunk_rewards=from_info("chunk_rewards", torch.float32),
+        chunk_steps=from_info("chunk_steps", torch.long),
     )
 
 

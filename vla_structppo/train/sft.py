@@ -28,6 +28,7 @@ from ..checkpoints import build_vla_policy, layout, resolve, save_agent, write_a
 from ..checkpoints.rundir import RunLock, run_in_dir
 from ..checkpoints.store import staging_dirs, start_dir
 from ..config import ConfigError, TrainConfig, to_yaml
+from ..data.chunks import chunk_targets
 from ..data.demos import (
     ActionStats,
     DemoDatasetError,
@@ -144,7 +145,7 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
         run_in_dir(cfg, lock)
         (run_dir / layout.CONFIG).write_text(to_yaml(cfg))
     accelerator.wait_for_everyone()
-    bins = torch.as_tensor(policy.action_tokenizer.encode(actions), dtype=torch.long)  # [N, D]
+    ds, actions, bins = _targets(cfg, policy.action_tokenizer, ds, actions)  # [N, D] (D = H x A with chunks)
     # small datasets are processed once; large ones per minibatch from the memory-mapped arrow files
     per_batch = cfg.sft.preprocess == "per_batch" or (cfg.sft.preprocess == "auto" and len(ds) > UPFRONT_MAX_SAMPLES)
     inputs = _OnDemandInputs(policy, ds) if per_batch else _tokenize(policy, ds)
@@ -171,31 +172,8 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
     for epoch in range(1, cfg.sft.num_epochs + 1):
         t_start = time.perf_counter()
         order = torch.randperm(N, generator=generator)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct tokens, L1 * n * D, n
-        for start in range(0, N, B):
-            idx = order[start:start + B][rank::world]  # this process's share of the global minibatch
-            if len(idx) == 0:  # fewer samples than processes in the last minibatch: still join the all-reduce
-                idx = order[start:start + 1]
-                weight = 0.0
-            else:
-                weight = 1.0
-            batch = {k: v.to(accelerator.device) for k, v in _select(inputs, idx).items()}
-            target = bins[idx].to(accelerator.device)
-            out = model(batch, target)
-            loss = -out.logp.mean()
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss * weight)
-            optimizer.step()
-            step += 1
-            with torch.no_grad():
-                pred = out.bin_probs.argmax(-1)
-                n = len(idx) * weight
-                pred = pred.cpu()
-                l1 = (decode_table[pred, torch.arange(pred.shape[1])] - actions_t[idx]).abs().mean()
-                accuracy = (pred == bins[idx]).float().mean()
-                sums += torch.tensor([loss.item() * n, accuracy.item() * n, l1.item() * n, n], dtype=torch.float64)
-            pbar.update(1)
-        totals = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu() if world > 1 else sums
+        totals = _epoch(model, optimizer, accelerator, inputs, bins, actions_t, decode_table, order, B, pbar)
+        step += steps_per_epoch
         n_all = max(totals[3].item(), 1.0)
         metrics = {
             "sft/epoch": float(epoch),
@@ -220,6 +198,36 @@ def _sft(cfg: TrainConfig, ds: Any, actions: np.ndarray, stats: ActionStats, acc
     checkpoint = _save(accelerator, core, cfg, step)
     accelerator.end_training()
     return SFTResult(run_dir, core, log.records, checkpoint)
+
+
+def _epoch(model: nn.Module, optimizer, accelerator: Accelerator, inputs: Any, bins: torch.Tensor,
+           actions: torch.Tensor, decode_table: torch.Tensor, order: torch.Tensor, batch_size: int, pbar: Any
+           ) -> torch.Tensor:
+    """One pass over the dataset in the global ``order``, each process taking its share of every minibatch;
+    returns ``[loss * n, correct tokens, L1 * n, n]`` summed over processes."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct tokens, L1 * n * D, n
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size][rank::world]  # this process's share of the global minibatch
+        if len(idx) == 0:  # fewer samples than processes in the last minibatch: still join the all-reduce
+            idx = order[start:start + 1]
+            weight = 0.0
+        else:
+            weight = 1.0
+        batch = {k: v.to(accelerator.device) for k, v in _select(inputs, idx).items()}
+        out = model(batch, bins[idx].to(accelerator.device))
+        loss = -out.logp.mean()
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss * weight)
+        optimizer.step()
+        with torch.no_grad():
+            n = len(idx) * weight
+            pred = out.bin_probs.argmax(-1).cpu()
+            l1 = (decode_table[pred, torch.arange(pred.shape[1])] - actions[idx]).abs().mean()
+            accuracy = (pred == bins[idx]).float().mean()
+            sums += torch.tensor([loss.item() * n, accuracy.item() * n, l1.item() * n, n], dtype=torch.float64)
+        pbar.update(1)
+    return accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu() if world > 1 else sums
 
 
 # -- pieces ----------------------------------------------------------------------------------------
@@ -272,10 +280,29 @@ def _rgb_uint8(image: Any) -> np.ndarray:
 
 
 def _decode_table(policy: Any) -> torch.Tensor:
-    """``[K, D]`` continuous value of bin k in dim i, so ``table[bins, arange(D)]`` decodes a batch on torch."""
+    """``[K, D]`` continuous value of bin k in dim i, so ``table[bins, arange(D)]`` decodes a batch on torch (the
+    step's table repeated for every step of a chunk: token i is dim ``i % A``)."""
     tok = policy.action_tokenizer
     grid = np.repeat(np.arange(tok.num_bins)[:, None], tok.action_dims, axis=1)
-    return torch.as_tensor(tok.decode(grid), dtype=torch.float32)
+    return torch.as_tensor(np.tile(tok.decode(grid), (1, policy.chunk_size)), dtype=torch.float32)
+
+
+def _targets(cfg: TrainConfig, tokenizer: Any, ds: Any, actions: np.ndarray) -> tuple[Any, np.ndarray, torch.Tensor]:
+    """The samples and their targets: every step's action, or with action chunks the next H actions of its
+    episode (data/chunks.py); returns ``(dataset rows, continuous targets [N, D], bins [N, D])``."""
+    H = cfg.action.chunk_size
+    if H > 1:
+        if "episode_index" not in ds.column_names:
+            raise DemoDatasetError(f"action.chunk_size={H} builds chunks from each episode's steps, but the dataset "
+                                   f"{cfg.sft.dataset} has no episode_index column; record it with vla-structppo demos")
+        chunks, rows = chunk_targets(actions, np.asarray(ds["episode_index"]), H, cfg.sft.chunk_tail)
+        if len(rows) == 0:
+            raise DemoDatasetError(f"no episode of {cfg.sft.dataset} is longer than action.chunk_size={H}: nothing to "
+                                   "clone with sft.chunk_tail=drop")
+        ds = ds.select(rows.tolist()) if len(rows) < len(ds) else ds
+        actions = chunks.reshape(len(rows), -1)  # [N, H * A], step-major
+    bins = tokenizer.encode(actions.reshape(len(actions), H, -1)).reshape(len(actions), -1)
+    return ds, actions, torch.as_tensor(bins, dtype=torch.long)
 
 
 @torch.no_grad()

@@ -23,12 +23,15 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..hf_compat import cache_keyword
 from .vit import ViT, vit_spec
 
-__all__ = ["IMAGE_TOKEN_ID", "OpenVLAConfig", "OpenVLAForActionPrediction"]
+__all__ = ["IMAGE_TOKEN_ID", "PROPRIO_TOKEN_ID", "OpenVLAConfig", "OpenVLAForActionPrediction"]
 
 # the placeholder of an image patch in the prompt: the first of the rows padding the 32000 real ids to 32064
 IMAGE_TOKEN_ID = 32001
+# OpenVLA-OFT's proprio token (right after the image patches): the next padding row
+PROPRIO_TOKEN_ID = 32002
 
 
 class OpenVLAConfig(PretrainedConfig):
@@ -82,8 +85,12 @@ class _FusedBackbone(nn.Module):
         return self.featurizer.spec.width + self.fused_featurizer.spec.width
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dino, siglip = torch.split(pixel_values, [3, 3], dim=1)
-        return torch.cat([self.featurizer(dino), self.fused_featurizer(siglip)], dim=2)  # [B, 256, 2176]
+        """``[B, 6 V, S, S]`` (V images, OFT's multi-image input: 6 channels each) -> ``[B, V * 256, 2176]``."""
+        patches = []
+        for image in torch.split(pixel_values, 6, dim=1):
+            dino, siglip = torch.split(image, [3, 3], dim=1)
+            patches.append(torch.cat([self.featurizer(dino), self.fused_featurizer(siglip)], dim=2))  # [B, 256, 2176]
+        return torch.cat(patches, dim=1)
 
 
 class _Projector(nn.Module):
@@ -132,27 +139,41 @@ class OpenVLAForActionPrediction(PreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings, with the projected image patches at the image placeholders."""
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              proprio_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings, with the projected image patches at the image placeholders and (OFT) the projected
+        robot state ``proprio_embeds [B, llm_dim]`` (oft.py's projector, kept outside the model as the original keeps
+        it in its own file) at the proprio placeholder."""
         embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return embeds
         image = input_ids == self.config.image_token_id  # [B, L]
         patches = self.projector(self.vision_backbone(pixel_values.to(self.projector.fc1.weight.dtype)))
         if int(image.sum()) != patches.shape[0] * patches.shape[1]:
-            raise ValueError(f"the prompts hold {int(image.sum())} image placeholders for {patches.shape[0]} images of "
+            raise ValueError(f"the prompts hold {int(image.sum())} image placeholders for {patches.shape[0]} samples of "
                              f"{patches.shape[1]} patches each; build inputs with OpenVLAProcessor")
-        return embeds.masked_scatter(image[..., None], patches.to(embeds.dtype))
+        embeds = embeds.masked_scatter(image[..., None], patches.to(embeds.dtype))
+        if proprio_embeds is not None:
+            slot = input_ids == PROPRIO_TOKEN_ID  # [B, L]
+            if int(slot.sum()) != len(input_ids):
+                raise ValueError("the robot state needs one proprio placeholder per prompt; build inputs with "
+                                 "OpenVLAProcessor(use_proprio=True)")
+            embeds = embeds.masked_scatter(slot[..., None], proprio_embeds.to(embeds.dtype))
+        return embeds
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                cache: Any = None, use_cache: bool | None = None, output_hidden_states: bool = False,
-               return_dict: bool = True, **kwargs: Any) -> BaseModelOutputWithPast:
-        """The decoder body over the multimodal sequence (no output layer)."""
+               return_dict: bool = True, proprio_embeds: torch.Tensor | None = None,
+               past_key_values: Any = None, **kwargs: Any) -> BaseModelOutputWithPast:
+        """The decoder body over the multimodal sequence (no output layer). ``cache`` (or, as transformers releases
+        before the rename call it, ``past_key_values``): the KV cache of the earlier tokens."""
+        cache = cache if cache is not None else past_key_values
         if cache is not None or (input_ids.shape[1] == 1 and pixel_values is None):
-            pixel_values = None  # cached single-token steps: the image is in the cache already
-        return self.language_model.model(inputs_embeds=self.embed(input_ids, pixel_values),
-                                         attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            pixel_values = proprio_embeds = None  # cached single-token steps: the image is in the cache already
+        return self.language_model.model(inputs_embeds=self.embed(input_ids, pixel_values, proprio_embeds),
+                                         attention_mask=attention_mask, position_ids=position_ids,
+                                         **{cache_keyword(): cache},
                                          use_cache=use_cache, output_hidden_states=output_hidden_states)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

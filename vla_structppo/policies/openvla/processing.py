@@ -11,6 +11,11 @@
   (``▁``) it is appended, as ``predict_action`` does; and one image placeholder per patch (256 at 224 px)
   follows BOS (modeling.py).
   Batches are left-padded with ``<PAD>`` (attention mask 0).
+* **OpenVLA-OFT's official layout** (``num_images``, ``use_proprio``): each sample's V pictures (third-person
+  first, then the wrist camera) are transformed alike and stacked on channels, ``[B, 6 V, 224, 224]``, with
+  V x 256 image placeholders; the robot state is normalised like OFT's ``normalize_proprio`` (mask, then
+  ``2 (x - q01) / (q99 - q01 + 1e-8) - 1`` clipped to [-1, 1]) into ``proprio [B, P]``, and one proprio
+  placeholder follows the image placeholders.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 
 from ...files import check_json
-from .modeling import IMAGE_TOKEN_ID
+from .modeling import IMAGE_TOKEN_ID, PROPRIO_TOKEN_ID
 
 __all__ = ["OpenVLAImageProcessor", "OpenVLAProcessor"]
 
@@ -83,10 +88,14 @@ class OpenVLAProcessor:
     """``processor(images=, text=, return_tensors="pt", padding=True)`` -> ``input_ids``, ``attention_mask``,
     ``pixel_values``, like a transformers processor (what policies/vla.py calls)."""
 
-    def __init__(self, image_processor: OpenVLAImageProcessor, tokenizer: Any) -> None:
+    def __init__(self, image_processor: OpenVLAImageProcessor, tokenizer: Any, *, num_images: int = 1,
+                 proprio_stats: dict | None = None) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.num_patches = (image_processor.size[0] // PATCH) * (image_processor.size[1] // PATCH)
+        self.num_images = num_images
+        # OFT: the robot state's statistics (norm_stats[key]["proprio"]: q01, q99[, mask]); None = no proprio token
+        self.proprio_stats = proprio_stats
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **_: Any) -> OpenVLAProcessor:
@@ -100,20 +109,47 @@ class OpenVLAProcessor:
         return cls(image_processor, tokenizer)
 
     def token_ids(self, text: str) -> list[int]:
-        """BOS + the prompt's ids + 29871 when missing, with the image placeholders after BOS."""
+        """BOS + the prompt's ids + 29871 when missing, with the image placeholders (and OFT's proprio placeholder)
+        after BOS."""
         ids = list(self.tokenizer(text)["input_ids"])
         if ids[-1] != SPACE_TOKEN_ID:
             ids.append(SPACE_TOKEN_ID)
-        return ids[:1] + [IMAGE_TOKEN_ID] * self.num_patches + ids[1:]
+        extra = [PROPRIO_TOKEN_ID] if self.proprio_stats is not None else []
+        return ids[:1] + [IMAGE_TOKEN_ID] * (self.num_patches * self.num_images) + extra + ids[1:]
+
+    def normalize_proprio(self, state: Any) -> torch.Tensor:
+        """OFT's ``normalize_proprio`` with the q01 / q99 statistics: ``[B, P]`` float32 in [-1, 1]."""
+        stats = self.proprio_stats or {}
+        x = np.asarray(state, np.float64)
+        low, high = np.asarray(stats["q01"], np.float64), np.asarray(stats["q99"], np.float64)
+        if x.shape[-1] != len(low):
+            raise ValueError(f"the robot state has {x.shape[-1]} values, the checkpoint's proprio statistics {len(low)}")
+        mask = np.asarray(stats.get("mask", [True] * len(low)), bool)
+        out = np.clip(np.where(mask, 2 * (x - low) / (high - low + 1e-8) - 1, x), -1.0, 1.0)
+        return torch.as_tensor(out, dtype=torch.float32)
 
     def __call__(self, images: list[Any], text: list[str], return_tensors: str = "pt", padding: bool = True,
-                 **_: Any) -> dict[str, torch.Tensor]:
+                 proprio: Any = None, **_: Any) -> dict[str, torch.Tensor]:
+        """``images``: one picture per sample, or a list of ``num_images`` pictures per sample (OFT: third-person,
+        wrist); ``proprio``: the raw robot states ``[B, P]`` when the processor has proprio statistics."""
         rows = [self.token_ids(t) for t in text]
         length = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], dtype=torch.long)
         mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": self.image_processor(images)}
+        views = [list(v) if isinstance(v, (list, tuple)) else [v] for v in images]
+        if any(len(v) != self.num_images for v in views):
+            raise ValueError(f"each sample needs {self.num_images} picture(s) (model.num_images), got "
+                             f"{sorted({len(v) for v in views})}")
+        # [B, 6 V, S, S]: every view through the same transform, stacked on channels (view-major, as OFT)
+        pixels = torch.cat([self.image_processor([v[k] for v in views]) for k in range(self.num_images)], dim=1)
+        out = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixels}
+        if self.proprio_stats is not None:
+            if proprio is None:
+                raise ValueError("this model reads the robot state (model.use_proprio=true): the env must give "
+                                 "obs['state'] (env.state_obs=true)")
+            out["proprio"] = self.normalize_proprio(proprio)
+        return out
 
     def save_pretrained(self, directory: str | Path) -> None:
         d = Path(directory)

@@ -2,7 +2,7 @@
 
 A VLA pretrained on robot data treats bin k and k+1 as nearly the same action; a random model treats them as
 unrelated words, so neither cloning nor RL can share what one bin learns with its neighbours (under LoRA the
-output rows stay frozen). The tiny offline models (tiny.py, tiny_openvla.py) give their bin tokens such rows.
+output rows stay frozen). The tiny offline models (tiny_vlms.py, tiny_openvla.py) give their bin tokens such rows.
 """
 
 from __future__ import annotations

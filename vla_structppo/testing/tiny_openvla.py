@@ -11,7 +11,7 @@ ids (the action tokens) fillers no text produces — and ``<PAD>`` = 32000.
 
 Weights are seeded and sharpened so a tiny model behaves like a trained one in the ways the tests rely on:
 its actions depend on the picture (the openvla#346 guard), bin tokens k and k+1 have nearby embeddings
-(:func:`~vla_structppo.policies.bin_rows.ordinal_rows`, the prior a pretrained VLA has), and a full-vocabulary
+(:func:`~vla_structppo.testing.bin_rows.ordinal_rows`, the prior a pretrained VLA has), and a full-vocabulary
 greedy step lands on an action token (so greedy over all ids and over the 256 bins agree, as they do for
 the released models).
 """
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from ..policies.openvla.modeling import OpenVLAConfig, OpenVLAForActionPrediction
+from ..policies.openvla.vit import unused_shapes, vit_spec
+from ..policies.openvla.weights import save_openvla
 from .bin_rows import ordinal_rows
-from .openvla.modeling import OpenVLAConfig, OpenVLAForActionPrediction
-from .openvla.vit import unused_shapes, vit_spec
-from .openvla.weights import save_openvla
 
 __all__ = ["DEFAULT_NORM_STATS", "build_llama_tokenizer", "save_tiny_openvla"]
 

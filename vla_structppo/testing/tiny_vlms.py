@@ -9,10 +9,16 @@ Tokenizers do not exist on disk either, so one is trained in-process (a byte-lev
 robot instructions, hence deterministic) and padded with filler tokens so that the vocabulary has exactly
 ``vocab_size`` entries and the last 256 ids are fillers -- the ids an action tokenizer reuses as bins, as
 OpenVLA reuses the last 256 Llama ids.
+
+Each architecture is one entry of :data:`TINY_VLMS` (its tokens, default vocabulary and a builder of its
+config + processor); adding an architecture is adding an entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +27,42 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    Gemma2Config,
+    GemmaConfig,
+    Idefics3Config,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaProcessor,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
+    Qwen2VLImageProcessorPil,
+    SiglipImageProcessorPil,
 )
 from transformers.processing_utils import ProcessorMixin
 
+from ..policies.processors import Qwen2_5_VLImageOnlyProcessor
 from .bin_rows import ordinal_rows
-from .processors import Qwen2_5_VLImageOnlyProcessor
 
-# the architectures built from transformers' classes here; OpenVLA's released layout is tiny_openvla.py's
-HF_TINY_ARCHS: tuple[str, ...] = ("paligemma", "paligemma2", "qwen2_5_vl", "smolvlm", "llava")
-TINY_ARCHS: tuple[str, ...] = (*HF_TINY_ARCHS, "openvla")
+__all__ = [
+    "HF_TINY_ARCHS",
+    "NUM_ACTION_FILLERS",
+    "TINY_ARCHS",
+    "TINY_VLMS",
+    "Sizes",
+    "TinyArch",
+    "build_tiny_vla",
+    "build_tokenizer",
+    "default_vocab_size",
+    "ordinal_rows",
+    "save_tiny_vla",
+    "write_action_tokenizer",
+]
 
 #: Number of filler ids at the end of the vocabulary reserved for action bins.
 NUM_ACTION_FILLERS = 256
@@ -42,29 +72,12 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # PaliGemma's processor unconditionally calls ``tokenizer.add_tokens`` with these 1152 location /
 # segmentation tokens. They must already be in the vocabulary (``add_tokens`` skips known tokens), or every
 # processor construction -- including ``from_pretrained`` -- would grow the vocab past the model's.
-_PALIGEMMA_EXTRA = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+_PALIGEMMA_EXTRA = tuple(f"<loc{i:0>4}>" for i in range(1024)) + tuple(f"<seg{i:0>3}>" for i in range(128))
 
 # Idefics3 (SmolVLM) looks these up by name; missing ones would silently map to ``<unk>``.
-_IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+_IDEFICS3_SPECIALS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
     f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)
-]
-
-_ARCH_SPECIALS: dict[str, list[str]] = {
-    "paligemma": ["<image>"],
-    "paligemma2": ["<image>"],
-    "qwen2_5_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
-    "smolvlm": _IDEFICS3_SPECIALS,
-    "llava": ["<image>"],
-}
-
-#: The token the model config's ``image_token_id`` must point at.
-_IMAGE_TOKEN: dict[str, str] = {
-    "paligemma": "<image>",
-    "paligemma2": "<image>",
-    "qwen2_5_vl": "<|image_pad|>",
-    "smolvlm": "<image>",
-    "llava": "<image>",
-}
+)
 
 _CORPUS: tuple[str, ...] = (
     "In: What action should the robot take to pick up the red block?\nOut:",
@@ -87,15 +100,210 @@ _CORPUS: tuple[str, ...] = (
 )
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in HF_TINY_ARCHS:
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes every builder shares; the image geometry is shared so processor and model agree on the
+    number of image tokens."""
+
+    text_hidden: int
+    text_layers: int
+    vision_hidden: int
+    vision_layers: int
+    image_size: int
+    patch_size: int
+    vocab_size: int
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def _text_kwargs(tokenizer: PreTrainedTokenizerFast, s: Sizes) -> dict[str, Any]:
+    """Shared decoder sizes: 2 heads of 32 dims, 1 KV head (GQA path exercised), ids tied to the tokenizer."""
+    heads = 2
+    return {
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.text_hidden,
+        "intermediate_size": 2 * s.text_hidden,
+        "num_hidden_layers": s.text_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 1,
+        "head_dim": s.text_hidden // heads,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _siglip_vision(s: Sizes) -> dict[str, Any]:
+    """A SigLIP vision tower projecting to the decoder's width."""
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": s.vision_hidden,
+        "intermediate_size": 2 * s.vision_hidden,
+        "num_hidden_layers": s.vision_layers,
+        "num_attention_heads": 2,
+        "image_size": s.image_size,
+        "patch_size": s.patch_size,
+        "projection_dim": s.text_hidden,
+    }
+
+
+def _siglip_size(s: Sizes) -> dict[str, int]:
+    return {"height": s.image_size, "width": s.image_size}
+
+
+# A builder: (tokenizer, sizes, id of the image token) -> (model config, processor).
+Builder = Callable[[PreTrainedTokenizerFast, Sizes, int], tuple[PretrainedConfig, ProcessorMixin]]
+
+
+def _paligemma(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int, *, gemma2: bool
+               ) -> tuple[PretrainedConfig, ProcessorMixin]:
+    text = _text_kwargs(tokenizer, s)
+    text_cfg: Any
+    if gemma2:
+        text_cfg = Gemma2Config(**text, query_pre_attn_scalar=s.text_hidden // 2, sliding_window=64)
+    else:
+        text_cfg = GemmaConfig(**text)
+    config = PaliGemmaConfig(
+        vision_config=_siglip_vision(s),
+        text_config=text_cfg,
+        image_token_id=image_id,
+        projection_dim=s.text_hidden,
+        hidden_size=s.text_hidden,
+        vocab_size=s.vocab_size,
+    )
+    # The processor reads ``image_seq_length`` off the image processor; it is saved with it.
+    image_processor = SiglipImageProcessorPil(size=_siglip_size(s), image_seq_length=s.num_patches)
+    return config, PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int
+                ) -> tuple[PretrainedConfig, ProcessorMixin]:
+    merge = 2
+    text = _text_kwargs(tokenizer, s)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            **{k: v for k, v in text.items() if k != "head_dim"},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        },
+        vision_config={
+            "depth": s.vision_layers,
+            "hidden_size": s.vision_hidden,
+            "intermediate_size": 2 * s.vision_hidden,
+            "num_heads": 2,
+            "patch_size": s.patch_size,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+            "window_size": s.patch_size * merge * 2,
+            "out_hidden_size": s.text_hidden,
+            "fullatt_block_indexes": [s.vision_layers - 1],
+        },
+        image_token_id=image_id,
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    pixels = s.image_size * s.image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=s.patch_size,
+        merge_size=merge,
+        temporal_patch_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+    return config, Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _smolvlm(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int) -> tuple[PretrainedConfig, ProcessorMixin]:
+    scale = 2
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": s.vision_hidden,
+            "intermediate_size": 2 * s.vision_hidden,
+            "num_hidden_layers": s.vision_layers,
+            "num_attention_heads": 2,
+            "image_size": s.image_size,
+            "patch_size": s.patch_size,
+        },
+        text_config=LlamaConfig(**_text_kwargs(tokenizer, s)),
+        image_token_id=image_id,
+        scale_factor=scale,
+    )
+    # One global image per frame (no tiling): few image tokens, fixed count.
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": s.image_size},
+        max_image_size={"longest_edge": s.image_size},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=s.num_patches // scale**2
+    )
+    return config, processor
+
+
+def _llava(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int) -> tuple[PretrainedConfig, ProcessorMixin]:
+    config = LlavaConfig(
+        vision_config=_siglip_vision(s),
+        text_config=LlamaConfig(**_text_kwargs(tokenizer, s)),
+        image_token_id=image_id,
+        # SigLIP has no CLS token: keep every patch, and tell the processor there is no extra one.
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    processor = LlavaProcessor(
+        image_processor=SiglipImageProcessorPil(size=_siglip_size(s)),
+        tokenizer=tokenizer,
+        patch_size=s.patch_size,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+    )
+    return config, processor
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    """One architecture the tiny builder knows."""
+
+    build: Builder
+    """(tokenizer, sizes, image token id) -> (model config, processor)."""
+    specials: tuple[str, ...]
+    """Special tokens the processor or config look up by name (after ``<pad> <bos> <eos> <unk>``)."""
+    image_token: str = "<image>"
+    """The token the model config's ``image_token_id`` points at."""
+    extra_tokens: tuple[str, ...] = ()
+    """Plain tokens the processor adds when it is built; they must already be in the vocabulary."""
+    vocab_size: int = 1024
+    """Default vocabulary: the smallest round size that fits the specials, the extras and 256 bins."""
+
+
+TINY_VLMS: dict[str, TinyArch] = {
+    "paligemma": TinyArch(partial(_paligemma, gemma2=False), ("<image>",), extra_tokens=_PALIGEMMA_EXTRA,
+                          vocab_size=2048),
+    "paligemma2": TinyArch(partial(_paligemma, gemma2=True), ("<image>",), extra_tokens=_PALIGEMMA_EXTRA,
+                           vocab_size=2048),
+    "qwen2_5_vl": TinyArch(_qwen2_5_vl, ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+                           image_token="<|image_pad|>"),
+    "smolvlm": TinyArch(_smolvlm, _IDEFICS3_SPECIALS),
+    "llava": TinyArch(_llava, ("<image>",)),
+}
+
+# the architectures built from transformers' classes here; OpenVLA's released layout is tiny_openvla.py's
+HF_TINY_ARCHS: tuple[str, ...] = tuple(TINY_VLMS)
+TINY_ARCHS: tuple[str, ...] = (*HF_TINY_ARCHS, "openvla")
+
+
+def _spec(arch: str) -> TinyArch:
+    if arch not in TINY_VLMS:
         raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(HF_TINY_ARCHS)}")
+    return TINY_VLMS[arch]
 
 
 def default_vocab_size(arch: str) -> int:
     """Smallest round vocabulary that fits the arch: PaliGemma needs room for its 1152 loc/seg tokens."""
-    _check_arch(arch)
-    return 2048 if arch.startswith("paligemma") else 1024
+    return _spec(arch).vocab_size
 
 
 def build_tokenizer(vocab_size: int | None = None, arch: str = "llava") -> PreTrainedTokenizerFast:
@@ -106,11 +314,11 @@ def build_tokenizer(vocab_size: int | None = None, arch: str = "llava") -> PreTr
     least the last :data:`NUM_ACTION_FILLERS` ids are fillers. Left padding is set because batched decoding
     needs each prompt's last token at the end of the row; it is saved in the tokenizer config.
     """
-    _check_arch(arch)
+    spec = _spec(arch)
     if vocab_size is None:
-        vocab_size = default_vocab_size(arch)
-    specials = [PAD, BOS, EOS, UNK] + _ARCH_SPECIALS[arch]
-    extra = _PALIGEMMA_EXTRA if arch.startswith("paligemma") else []
+        vocab_size = spec.vocab_size
+    specials = [PAD, BOS, EOS, UNK, *spec.specials]
+    extra = spec.extra_tokens
     bpe_budget = vocab_size - NUM_ACTION_FILLERS - len(extra)
     min_needed = len(specials) + 256 + 16
     if bpe_budget < min_needed:
@@ -147,173 +355,6 @@ def build_tokenizer(vocab_size: int | None = None, arch: str = "llava") -> PreTr
     return fast
 
 
-def _text_kwargs(
-    tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, vocab_size: int
-) -> dict[str, Any]:
-    """Shared decoder sizes: 2 heads of 32 dims, 1 KV head (GQA path exercised), ids tied to the tokenizer."""
-    heads = 2
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": 1,
-        "head_dim": hidden // heads,
-        "max_position_embeddings": 512,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-
-
-def _siglip_vision(
-    hidden: int, layers: int, image_size: int, patch: int, projection_dim: int
-) -> dict[str, Any]:
-    return {
-        "model_type": "siglip_vision_model",
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 2,
-        "image_size": image_size,
-        "patch_size": patch,
-        "projection_dim": projection_dim,
-    }
-
-
-def _build(
-    arch: str,
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    text_hidden: int,
-    text_layers: int,
-    vision_hidden: int,
-    vision_layers: int,
-    image_size: int,
-    patch_size: int,
-    vocab_size: int,
-) -> tuple[Any, ProcessorMixin]:
-    """Config + processor for one arch; image geometry is shared so the token counts agree."""
-    from transformers import (
-        Gemma2Config,
-        GemmaConfig,
-        Idefics3Config,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaProcessor,
-        PaliGemmaConfig,
-        PaliGemmaProcessor,
-        Qwen2VLImageProcessorPil,
-        SiglipImageProcessorPil,
-    )
-
-    text = _text_kwargs(tokenizer, text_hidden, text_layers, vocab_size)
-    image_id = tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN[arch])
-    n_patches = (image_size // patch_size) ** 2
-    siglip_ip_kwargs: dict[str, Any] = {"size": {"height": image_size, "width": image_size}}
-
-    if arch in ("paligemma", "paligemma2"):
-        text_cfg: Any
-        if arch == "paligemma":
-            text_cfg = GemmaConfig(**text)
-        else:
-            text_cfg = Gemma2Config(**text, query_pre_attn_scalar=text_hidden // 2, sliding_window=64)
-        config = PaliGemmaConfig(
-            vision_config=_siglip_vision(vision_hidden, vision_layers, image_size, patch_size, text_hidden),
-            text_config=text_cfg,
-            image_token_id=image_id,
-            projection_dim=text_hidden,
-            hidden_size=text_hidden,
-            vocab_size=vocab_size,
-        )
-        # The processor reads ``image_seq_length`` off the image processor; it is saved with it.
-        image_processor = SiglipImageProcessorPil(**siglip_ip_kwargs, image_seq_length=n_patches)
-        processor: ProcessorMixin = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    elif arch == "qwen2_5_vl":
-        merge = 2
-        config = Qwen2_5_VLConfig(
-            text_config={
-                **{k: v for k, v in text.items() if k != "head_dim"},
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 10000.0,
-                    "mrope_section": [4, 6, 6],
-                },
-            },
-            vision_config={
-                "depth": vision_layers,
-                "hidden_size": vision_hidden,
-                "intermediate_size": 2 * vision_hidden,
-                "num_heads": 2,
-                "patch_size": patch_size,
-                "spatial_merge_size": merge,
-                "temporal_patch_size": 2,
-                "window_size": patch_size * merge * 2,
-                "out_hidden_size": text_hidden,
-                "fullatt_block_indexes": [vision_layers - 1],
-            },
-            image_token_id=image_id,
-            video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-            vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-            vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        )
-        pixels = image_size * image_size
-        image_processor = Qwen2VLImageProcessorPil(
-            patch_size=patch_size,
-            merge_size=merge,
-            temporal_patch_size=2,
-            min_pixels=pixels,
-            max_pixels=pixels,
-            size={"shortest_edge": pixels, "longest_edge": pixels},
-        )
-        processor = Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    elif arch == "smolvlm":
-        scale = 2
-        config = Idefics3Config(
-            vision_config={
-                "hidden_size": vision_hidden,
-                "intermediate_size": 2 * vision_hidden,
-                "num_hidden_layers": vision_layers,
-                "num_attention_heads": 2,
-                "image_size": image_size,
-                "patch_size": patch_size,
-            },
-            text_config=LlamaConfig(**text),
-            image_token_id=image_id,
-            scale_factor=scale,
-        )
-        # One global image per frame (no tiling): few image tokens, fixed count.
-        image_processor = Idefics3ImageProcessorPil(
-            do_image_splitting=False,
-            size={"longest_edge": image_size},
-            max_image_size={"longest_edge": image_size},
-        )
-        processor = Idefics3Processor(
-            image_processor=image_processor, tokenizer=tokenizer, image_seq_len=n_patches // scale**2
-        )
-    else:  # llava
-        config = LlavaConfig(
-            vision_config=_siglip_vision(vision_hidden, vision_layers, image_size, patch_size, text_hidden),
-            text_config=LlamaConfig(**text),
-            image_token_id=image_id,
-            # SigLIP has no CLS token: keep every patch, and tell the processor there is no extra one.
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
-        )
-        image_processor = SiglipImageProcessorPil(**siglip_ip_kwargs)
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=patch_size,
-            vision_feature_select_strategy="full",
-            num_additional_image_tokens=0,
-        )
-    return config, processor
-
-
 def build_tiny_vla(
     arch: str,
     seed: int = 0,
@@ -346,21 +387,13 @@ def build_tiny_vla(
     dim more than 16 bins from the mode at T=1) and neither cloning nor RL can share what one bin
     learns with its neighbours — under LoRA the output rows stay frozen, so this prior cannot be learned.
     """
-    _check_arch(arch)
+    spec = _spec(arch)
     if vocab_size is None:
-        vocab_size = default_vocab_size(arch)
+        vocab_size = spec.vocab_size
     tokenizer = build_tokenizer(vocab_size, arch)
-    config, processor = _build(
-        arch,
-        tokenizer,
-        text_hidden=text_hidden,
-        text_layers=text_layers,
-        vision_hidden=vision_hidden,
-        vision_layers=vision_layers,
-        image_size=image_size,
-        patch_size=patch_size,
-        vocab_size=vocab_size,
-    )
+    sizes = Sizes(text_hidden=text_hidden, text_layers=text_layers, vision_hidden=vision_hidden,
+                  vision_layers=vision_layers, image_size=image_size, patch_size=patch_size, vocab_size=vocab_size)
+    config, processor = spec.build(tokenizer, sizes, tokenizer.convert_tokens_to_ids(spec.image_token))
     if len(processor.tokenizer) != vocab_size:  # pragma: no cover - a processor added tokens
         raise RuntimeError(
             f"{arch} processor grew the vocab to {len(processor.tokenizer)} (wanted {vocab_size})"
@@ -382,7 +415,7 @@ def build_tiny_vla(
 
 def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> Path:
     """Write a tiny VLA where ``from_pretrained`` (model and ``AutoProcessor``) can load it offline; ``openvla``
-    writes the released OpenVLA layout instead (policies/tiny_openvla.py)."""
+    writes the released OpenVLA layout instead (tiny_openvla.py)."""
     if arch == "openvla":
         from .tiny_openvla import save_tiny_openvla
 
@@ -395,26 +428,13 @@ def save_tiny_vla(arch: str, out_dir: str | Path, seed: int = 0, **kw: Any) -> P
     return out
 
 
-__all__ = [
-    "HF_TINY_ARCHS",
-    "NUM_ACTION_FILLERS",
-    "TINY_ARCHS",
-    "build_tiny_vla",
-    "build_tokenizer",
-    "default_vocab_size",
-    "ordinal_rows",
-    "save_tiny_vla",
-    "write_action_tokenizer",
-]
-
-
 def write_action_tokenizer(directory: str | Path, action_dims: int = 7, num_bins: int = NUM_ACTION_FILLERS,
                            bound: float = 1.0, *, low: list[float] | None = None,
                            high: list[float] | None = None) -> Path:
     """Add ``action_tokenizer.json`` (bins = the last ``num_bins`` vocabulary ids) to a saved tiny VLA,
     so a recipe can name the dir as ``model.name_or_path`` and get a complete VLA. Bounds: ``low`` /
     ``high`` per dim (an env's action bounds), else ``[-bound, bound]``."""
-    from .action_tokenizer import ActionTokenizer
+    from ..policies.action_tokenizer import ActionTokenizer
 
     directory = Path(directory)
     tokenizer = AutoProcessor.from_pretrained(directory).tokenizer
