@@ -64,6 +64,11 @@ def sft_checkpoint(task: str, results: Path) -> Path:
     if (run / "checkpoints" / "last").exists():
         return run / "checkpoints" / "last"
     common = [f"env.task={task}", f"sft.dataset={results / task / 'demos'}", f"output_dir={results / task}", *QUIET]
+    from vla_structppo.config import load_config
+    from vla_structppo.pipeline import ensure_model
+
+    os.chdir(ROOT)  # the recipe's model path is relative to the repository
+    ensure_model(load_config(RECIPE, common))  # the recipe's tiny VLA, built offline if it is not there yet
     if not (results / task / "demos" / "dataset_info.json").is_file():
         _cli("demos", RECIPE, *common)
     _cli("sft", RECIPE, *common, "name=sft", "overwrite=true")
