@@ -168,3 +168,18 @@ def test_the_vla_support_table_lists_exactly_the_implemented_architectures():
     table = doc.split("## Supported architectures", 1)[1].split("\n## ", 1)[0]
     documented = [m for m in re.findall(r"^\| `([a-z0-9_]+)` \|", table, flags=re.M) if m != "model_type"]
     assert documented == list(ARCHS)
+
+
+def test_files_and_functions_stay_small():
+    """Small modules with one job, functions short enough to see whole (STYLE.md rule 7): no file of the package
+    over 500 lines, no function over 80."""
+    long_files, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 500:
+            long_files.append(f"{path.relative_to(PACKAGE.parent)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long_functions.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: "
+                                      f"{node.end_lineno - node.lineno + 1} lines")
+    assert not long_files and not long_functions, "\n".join(long_files + long_functions)
