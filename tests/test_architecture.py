@@ -159,7 +159,7 @@ def test_all_lists_name_what_other_modules_import():
 
 def test_the_vla_support_table_lists_exactly_the_implemented_architectures():
     """docs/vla.md's support table and policies/vla_arch.ARCHS agree (this was an import-time assert
-    against a copy of the list in config.py)."""
+    against a copy of the list in config/choices.py)."""
     import re
 
     from vla_structppo.policies.vla_arch import ARCHS

@@ -80,6 +80,8 @@ def test_missing_recipe_file():
     (["env.id=metaworld", "env.task=reach-v3", "env.metaworld.action_repeat=0"], "env.metaworld.action_repeat must be >= 1"),
     (["ppo.reward_scale=0"], "ppo.reward_scale must be > 0"),
     (["ppo.critic_warmup_updates=-1"], "ppo.critic_warmup_updates must be >= 0"),
+    (["ppo.num_minibatches=0"], "ppo.num_minibatches must be >= 1"),
+    (["ppo.gradient_accumulation_steps=0"], "ppo.gradient_accumulation_steps must be >= 1"),
 ])
 def test_impossible_combinations(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -67,3 +67,26 @@ def test_two_processes_train_a_vla_in_sync(tmp_path, tiny_llava):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (tmp_path / "ddp-vla" / "checkpoints" / "last" / "rank_1.pt").is_file()
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_two_processes_run_grpo_with_uneven_batches_in_sync(tmp_path):
+    """GRPO's batches differ in size between processes (each keeps its own groups: on a 2-dim, 3-bin bandit some
+    members of some groups hit the goal). Every process still takes as many micro-batch steps --
+    some on empty parts, some updates with nothing kept at all on one rank -- and the parameters stay identical."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    cmd = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519", str(WORKER),
+           str(tmp_path), f"output_dir={tmp_path}", "name=ddp-grpo", "device=cpu", *QUIET, "env.num_envs=16",
+           "env.action_dims=2", "env.num_bins=3",
+           "advantage.estimator=grpo", "advantage.group_size=4", "rollout.filter_groups=[0.1,0.9]",
+           "ppo.total_timesteps=480", "ppo.num_minibatches=3", "ppo.gradient_accumulation_steps=2",
+           "head.fit_epochs=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(tmp_path / "params_rank0.safetensors"))
+    b = load_file(str(tmp_path / "params_rank1.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    kept = torch.load(tmp_path / "groups_kept.pt")
+    assert len(kept) == 30 and 0 < sum(kept) < 2 * 30, kept  # rank 0 (2 groups): some kept, some dropped

@@ -139,3 +139,31 @@ def test_grpo_needs_groups_within_a_process(tmp_path):
     _check_trainable(cfg, world=1)
     with pytest.raises(ConfigError, match="advantage.group_size=4 must divide the 2 envs"):
         _check_trainable(cfg, world=4)
+
+
+def test_minibatches_are_always_as_many_parts_as_asked():
+    """Every process must take as many optimizer steps; GRPO's batch sizes are whatever the kept groups give."""
+    from vla_structppo.train.advantages import minibatches
+
+    torch.manual_seed(0)
+    parts = minibatches(5, 4)
+    assert [len(p) for p in parts] == [2, 1, 1, 1]  # chunk would give 3 parts of 2, 2, 1
+    assert sorted(torch.cat(parts).tolist()) == list(range(5))
+    assert [len(p) for p in minibatches(0, 3)] == [0, 0, 0]
+    torch.manual_seed(0)
+    even = minibatches(8, 4)
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(even, torch.randperm(8).chunk(4), strict=True))  # as before
+
+
+def test_an_update_that_keeps_no_group_trains_nothing_and_goes_on(tmp_path):
+    """Groups of 2 have success rates 0, 0.5 or 1: a band of [0.3, 0.3] drops every group of every update."""
+    from vla_structppo.train.ppo import train
+
+    cfg = load_config("recipes/structured/quickstart.yaml", [
+        f"output_dir={tmp_path}", *QUIET, "advantage.estimator=grpo", "advantage.group_size=2", "env.num_envs=8",
+        "ppo.total_timesteps=32", "rollout.filter_groups=[0.3,0.3]", "logging.plot_every=1"])
+    result = train(cfg)
+    assert [r["rollout/groups_kept"] for r in result.history] == [0.0] * 4
+    assert not any("losses/policy_loss" in r for r in result.history)
+    assert not list((cfg.run_dir / "plots").glob("credit_*.png"))  # nothing to plot

@@ -16,7 +16,8 @@ checks it (and the combinations it takes part in):
 * run.py -- ``TrainConfig`` (the run's own fields, one field per section, derived sizes, ``validate``) and ``logging``;
 * load.py -- recipes and overrides in, the resolved YAML out, older saved configs migrated, the field docs.
 
-A new section is one dataclass with its ``problems()`` in the module of its concern and one field on ``TrainConfig``.
+A new section is one dataclass with its ``problems(cfg)`` in the module of its concern and one field on
+``TrainConfig`` (``validate`` asks every section field for its problems).
 """
 
 from .choices import (

@@ -153,7 +153,7 @@ def merge_settings(section: Any, settings: dict[str, Any], name: str) -> Any:
         return section
     _check_keys(settings, type(section), f"{name}.", "override")
     merged = OmegaConf.to_object(_merge(OmegaConf.structured(section), settings, name))
-    problems = merged.problems() if hasattr(merged, "problems") else []
+    problems = merged.problems() if isinstance(merged, EnvConfig) else []
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return merged

@@ -119,12 +119,15 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every combination that cannot run; raise one :class:`ConfigError` listing them all.
 
-        Each section checks its own fields and the combinations it takes part in (``problems``); what is left here
-        are the run's own fields."""
-        problems: list[str] = list(self.env.problems())
-        for section in (self.policy, self.model, self.sft, self.demos, self.eval, self.head, self.credit, self.ppo,
-                        self.logging, self.action, self.advantage, self.rollout):
-            problems.extend(section.problems(self))
+        Each section (every dataclass field, in field order) checks its own fields and the combinations it takes
+        part in (``problems``); what is left here are the run's own fields."""
+        problems: list[str] = []
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if isinstance(section, EnvConfig):  # checked on its own too (merge_settings: an evaluation's env)
+                problems.extend(section.problems())
+            elif is_dataclass(section):
+                problems.extend(section.problems(self))
         if self.device not in DEVICES:
             problems.append(_not_one_of("device", self.device, DEVICES))
         problems.extend(at_least([("seed", self.seed, 0)]))
@@ -133,7 +136,6 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
         return self
-
 
 
 def _non_finite(cfg: Any, prefix: str = "") -> list[str]:

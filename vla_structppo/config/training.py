@@ -189,7 +189,7 @@ class PPOConfig:
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             out.append("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
         micro = self.num_minibatches * self.gradient_accumulation_steps
-        if cfg.batch_size % micro and cfg.advantage.estimator == "gae":  # GRPO's batches vary with the episodes
+        if micro > 0 and cfg.batch_size % micro and cfg.advantage.estimator == "gae":  # GRPO: batches vary
             out.append(f"batch num_envs*num_steps={cfg.batch_size} is not divisible by "
                        f"num_minibatches*gradient_accumulation_steps={micro}")
         return out

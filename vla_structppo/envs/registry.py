@@ -78,7 +78,7 @@ TASKS: dict[str, Callable[[EnvConfig], list[str]]] = {
     "structured": lambda cfg: ["structured"], "metaworld": _metaworld_tasks, "libero": _libero_tasks,
     "maniskill": lambda cfg: [cfg.task], "gym": lambda cfg: [cfg.task],
 }
-assert tuple(ENVS) == tuple(TASKS) == ENV_IDS  # config.py lists the ids without importing this module
+assert tuple(ENVS) == tuple(TASKS) == ENV_IDS  # config/choices.py lists the ids without importing this module
 
 
 def make_env(cfg: EnvConfig, num_envs: int, seed: int, chunk_size: int = 1, group_size: int = 1) -> Any:

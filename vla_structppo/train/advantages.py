@@ -53,9 +53,11 @@ def select_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
 
 
 def minibatches(n: int, num_minibatches: int) -> list[torch.Tensor]:
-    """A fresh shuffle of ``0..n-1`` in ``num_minibatches`` parts (draws from the torch RNG)."""
+    """A fresh shuffle of ``0..n-1`` in exactly ``num_minibatches`` parts, sizes differing by at most one (draws from
+    the torch RNG). Exactly that many, some possibly empty, whatever ``n``: every process then takes as many
+    optimizer steps (``chunk`` would return fewer parts, e.g. 3 for n=5 in 4, and GRPO batches differ in size)."""
     perm = torch.randperm(n)
-    return list(perm.chunk(num_minibatches))
+    return list(torch.tensor_split(perm, num_minibatches))
 
 
 def score_head(core: Agent, batch: dict[str, torch.Tensor]) -> HeadOutput:
@@ -95,6 +97,11 @@ def grpo_batch(rollout: Rollout, outcomes: GroupOutcomes, cfg: TrainConfig) -> t
     groups = len(keep) // G
     metrics = {"rollout/groups_kept": float(keep.reshape(-1, G)[:, 0].sum()), "rollout/groups": float(groups),
                "rollout/group_success_rate": float(success.mean())}
+    if len(rows) == 0:
+        # nothing kept on this process: one row that weighs nothing (valid=False), so that the process still takes
+        # part in every collective step of the update (DDP's forward and backward, the head's fit) with the others
+        rows = torch.zeros(1, dtype=torch.long, device=device)
+        batch["valid"] = torch.zeros_like(batch["valid"])
     return select_rows(batch, rows), metrics
 
 
@@ -109,9 +116,6 @@ def prepare_batch(core: Agent, optimizer, rollout: Rollout, cfg: TrainConfig, ac
         batch = gae_batch(rollout, cfg)
     else:
         batch, metrics = grpo_batch(rollout, outcomes, cfg)
-        if len(batch["actions"]) == 0:  # every group dropped: nothing to learn from
-            batch["credit"] = batch["advantages"][:, None].expand(-1, core.policy.action_dims)
-            return batch, None, metrics, False
     nan_seen = False
     head_out = None
     if core.adv_head is not None:
@@ -157,9 +161,9 @@ def fit_head(core: Agent, optimizer, batch: dict[str, Any], cfg: TrainConfig, ac
             inner.zero_grad(set_to_none=True)
             loss.backward()
             if accelerator.num_processes > 1:
-                for q in params:
-                    if q.grad is not None:
-                        q.grad = accelerator.reduce(q.grad, reduction="mean")
+                for q in params:  # every process reduces every parameter (one whose part was empty: zeros)
+                    grad = q.grad if q.grad is not None else torch.zeros_like(q)
+                    q.grad = accelerator.reduce(grad, reduction="mean")
             torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
             inner.step()
             steps += 1

@@ -25,7 +25,7 @@ from ..diagnostics import plot_learning_curve
 from ..errors import UserError
 from ..eval import evaluate_during_training
 from ..policies.agent import Agent
-from .accel import claim, make_accelerator
+from .accel import any_rank, claim, make_accelerator
 from .advantages import prepare_batch
 from .group_rollout import collect_group_episodes, group_seeds
 from .metrics_log import read_metrics
@@ -111,7 +111,9 @@ def _train(cfg: TrainConfig, run: PPORun) -> TrainResult:
         # 3. PPO epochs x minibatches; critic warm-up: the first updates fit the value head only, so the policy's
         # first steps follow fitted advantages rather than a fresh value head's noise
         train_policy = update > cfg.ppo.critic_warmup_updates
-        if not nan_seen and len(batch["actions"]) > 0:  # GRPO may drop every group of an update
+        # GRPO may drop every group of an update (on every process: skip it; on some: they step on a no-weight row)
+        kept = bool(batch["valid"].any())
+        if not nan_seen and any_rank(accelerator, kept):
             update_metrics, nan_seen = ppo_epochs(run.agent, run.optimizer, batch, cfg, accelerator, train_policy)
             metrics.update(update_metrics)
         if cfg.ppo.lr_schedule == "adaptive" and not nan_seen and train_policy:
@@ -133,7 +135,7 @@ def _train(cfg: TrainConfig, run: PPORun) -> TrainResult:
             "charts/SPS": env_steps / max(t_update - t_start, 1e-9),
             "time/rollout_s": t_rollout - t_start, "time/update_s": t_update - t_rollout,
         })
-        _log_evaluate_save(run, cfg, update, metrics, head_out, nan_seen)
+        _log_evaluate_save(run, cfg, update, metrics, head_out if kept else None, nan_seen)
     run.pbar.close()
     if accelerator.is_main_process and run.history.records and cfg.logging.plot_every > 0:
         plot_learning_curve(run.history.records, cfg.run_dir / layout.PLOTS / "learning_curve.png",

@@ -40,7 +40,7 @@ def rollout_metrics(rollout: Rollout, batch: dict, head_out: HeadOutput | None, 
     if critic:
         out["losses/explained_variance"] = explained_variance(batch["values"][valid], batch["returns"][valid])
     out["rollout/reward_mean"] = float(rollout.rewards[rollout.valid].mean())
-    if head_out is not None:
+    if head_out is not None and bool(valid.any()):  # GRPO: this process may have kept no group
         out["credit/explained_variance_head"] = explained_variance(head_out.total[valid], batch["advantages"][valid])
         chosen = _select(head_out, valid)
         scalars, _, _ = credit_summary(chosen)

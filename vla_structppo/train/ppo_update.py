@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from ..algo import head_loss, ppo_policy_loss, value_loss
 from ..config import TrainConfig
@@ -23,16 +24,31 @@ __all__ = ["ppo_epochs", "ppo_loss"]
 
 @dataclass
 class _Tally:
-    """Running sums of the minibatches' metrics over an update."""
+    """Running sums of the minibatches' metrics over an update, kept per metric: with GRPO a process may hold
+    fewer (or no) samples than another, and its empty minibatches add nothing."""
 
     sums: dict[str, float] = field(default_factory=dict)
-    count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
     first_logp_dev: float | None = None  # rollout vs recomputed log-probs at the update's first micro-batch
 
     def add(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self, accelerator: Accelerator) -> dict[str, float]:
+        """Every metric's mean over the minibatches of every process; one all-reduce, over the union of the
+        processes' metric names (a process whose batch was empty has none of its own)."""
+        keys = set(self.sums)
+        if accelerator.num_processes > 1:
+            keys = set().union(*gather_object([sorted(keys)]))
+        names = sorted(keys)
+        if not names:
+            return {}
+        t = torch.tensor([[self.sums.get(k, 0.0), float(self.counts.get(k, 0))] for k in names],
+                         dtype=torch.float64, device=accelerator.device)
+        t = all_reduce_sum(accelerator)(t)
+        return {k: float(t[i, 0] / t[i, 1].clamp_min(1.0)) for i, k in enumerate(names)}
 
 
 def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator,
@@ -52,19 +68,17 @@ def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Acc
                 nan_seen = True
                 break
             tally.add(mb_metrics)
-            epoch_kl += mb_metrics["approx_kl"]
-            epoch_mb += 1
+            if "approx_kl" in mb_metrics:  # absent for a minibatch empty on this process
+                epoch_kl += mb_metrics["approx_kl"]
+                epoch_mb += 1
         epochs_done += 1
         if nan_seen:
             break
         if p.target_kl is not None:
-            kl = torch.tensor([epoch_kl / max(epoch_mb, 1)], device=accelerator.device)
-            kl = all_reduce_sum(accelerator)(kl) / accelerator.num_processes
-            if float(kl) > p.target_kl:
+            kl = all_reduce_sum(accelerator)(torch.tensor([epoch_kl, float(epoch_mb)], device=accelerator.device))
+            if float(kl[0] / kl[1].clamp_min(1.0)) > p.target_kl:
                 break
-    out = {f"losses/{k}": v / max(tally.count, 1) for k, v in tally.sums.items()}
-    out = {k: float(all_reduce_sum(accelerator)(torch.tensor([v], device=accelerator.device)))
-           / accelerator.num_processes for k, v in out.items()}
+    out = {f"losses/{k}": v for k, v in tally.means(accelerator).items()}
     out["losses/first_minibatch_logp_dev"] = float(tally.first_logp_dev or 0.0)
     out["losses/epochs_done"] = float(epochs_done)
     return out, nan_seen
@@ -76,23 +90,38 @@ def _minibatch_step(agent, optimizer, batch: dict, mb: torch.Tensor, cfg: TrainC
     p = cfg.ppo
     bad = False
     mb_metrics: dict[str, float] = {}
-    for micro in mb.chunk(p.gradient_accumulation_steps):
+    # as many micro-batches on every process (tensor_split, unlike chunk, never returns fewer parts), and a forward
+    # and backward through DDP for each, even for a part with nothing to learn from (GRPO's batches differ in size
+    # between processes): it runs on the batch's first row with its loss x 0 and its metrics left out
+    micros = torch.tensor_split(mb, p.gradient_accumulation_steps)
+    counted = [len(micro) > 0 and bool(batch["valid"][micro].any()) for micro in micros]
+    grad_norm = None
+    for micro, count in zip(micros, counted, strict=True):
         with accelerator.accumulate(agent):
-            check = tally.first_logp_dev is None
-            loss, m, dev = ppo_loss(agent, batch, micro, cfg, check_ratio=check, train_policy=train_policy)
+            check = count and tally.first_logp_dev is None
+            loss, m, dev = ppo_loss(agent, batch, micro if len(micro) else mb.new_zeros(1), cfg, check_ratio=check,
+                                    train_policy=train_policy)
             if check:
                 tally.first_logp_dev = dev
+            if not count:
+                loss, m = loss * 0.0, {}
             bad = bad or any_rank(accelerator, not bool(torch.isfinite(loss)))
             if bad:
-                # keep DDP's bookkeeping whole: a zero gradient through every parameter
-                loss = sum((q * 0.0).sum() for q in agent.parameters())
+                loss = _zero_loss(agent)  # keep DDP's bookkeeping whole: a zero gradient through every parameter
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                m["grad_norm"], bad = _optimizer_step(agent, optimizer, accelerator, p.max_grad_norm, bad,
-                                                      None if train_policy else policy_params)
+                grad_norm, bad = _optimizer_step(agent, optimizer, accelerator, p.max_grad_norm, bad,
+                                                 None if train_policy else policy_params)
         for k, v in m.items():
-            mb_metrics[k] = mb_metrics.get(k, 0.0) + float(v) / p.gradient_accumulation_steps
+            mb_metrics[k] = mb_metrics.get(k, 0.0) + float(v) / sum(counted)
+    if grad_norm is not None and any(counted):
+        mb_metrics["grad_norm"] = grad_norm  # one per optimizer step, not averaged over the micro-batches
     return mb_metrics, bad
+
+
+def _zero_loss(agent) -> torch.Tensor:
+    """A loss of zero that reaches every parameter (a backward DDP can sync like any other)."""
+    return sum((q * 0.0).sum() for q in agent.parameters())
 
 
 def _optimizer_step(agent, optimizer, accelerator: Accelerator, max_grad_norm: float, bad: bool,
