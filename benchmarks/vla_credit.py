@@ -75,6 +75,18 @@ def sft_checkpoint(task: str, results: Path) -> Path:
     return run / "checkpoints" / "last"
 
 
+def sft_success(task: str, results: Path) -> dict | None:
+    """Greedy success of the task's SFT checkpoint (where every arm starts) on the same 100 evaluation seeds."""
+    path = results / task / "sft_eval.json"
+    run = results / task / "sft"
+    if not path.is_file() and (run / "checkpoints" / "last").exists():
+        _cli("eval", f"eval.checkpoint={run}", "eval.num_episodes=100", "eval.num_envs=16", "eval.videos=0",
+             f"output_dir={results / task}")
+        overall = json.loads((run / "eval" / "results.json").read_text())["overall"]
+        path.write_text(json.dumps({"success": overall["success_rate"], "ci95": overall["ci95"]}) + "\n")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_one(task: str, arm: str, seed: int, steps: int, results: Path) -> dict:
     path = results / task / "runs" / f"{arm.replace(' ', '_').replace('+', 'and')}_seed{seed}.json"
     if path.is_file():
@@ -99,7 +111,7 @@ def run_one(task: str, arm: str, seed: int, steps: int, results: Path) -> dict:
     return record
 
 
-def report(records: list[dict], steps: int) -> str:
+def report(records: list[dict], steps: int, start: dict[str, dict | None]) -> str:
     lines = []
     for task in sorted({r["task"] for r in records}):
         rows = {arm: sorted((r for r in records if r["task"] == task and r["arm"] == arm), key=lambda r: r["seed"])
@@ -110,6 +122,10 @@ def report(records: list[dict], steps: int) -> str:
                   "| arm | seeds | greedy success (100 seeds), mean ± 95% CI | paired vs GRPO [95% CI] | env steps to "
                   f"GRPO's training level ({level if level is None else f'{level:.2f}'}) | wall min/run |",
                   "|---|---|---|---|---|---|"]
+        if start.get(task):
+            low, high = start[task]["ci95"]
+            lines.append(f"| SFT checkpoint (every arm's start) | — | {start[task]['success']:.2f} "
+                         f"(Wilson [{low:.2f}, {high:.2f}]) | | | |")
         for arm, runs in rows.items():
             if not runs:
                 continue
@@ -149,7 +165,8 @@ def main() -> None:
                 print(f"{task} | {arm} | seed {seed}: success {record['success']:.2f} "
                       f"({record['train_s'] / 60:.1f} min)", flush=True)
                 records.append(record)
-    print(report(records, args.steps))
+    start = {task: sft_success(task, results) for task in args.tasks}
+    print(report(records, args.steps, start))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,15 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def state_dict_mismatch(own: dict[str, Any], state: dict[str, Any], limit: int = 5) -> str | None:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``own`` (missing and unexpected
+    keys, other shapes; the first ``limit`` of each), or None when it fits."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        return None
+    return f"missing {missing[:limit]}, unexpected {unexpected[:limit]}, shapes {shapes[:limit]}"
+

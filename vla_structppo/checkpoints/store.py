@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..files import state_dict_mismatch
 from .layout import CHECKPOINTS, LAST
 
 __all__ = ["CheckpointError", "list_checkpoints", "load_module", "prune", "save_module", "staging_dirs", "start_dir",
@@ -43,12 +44,9 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err})") from None
     own = module.state_dict()
     device = next(iter(own.values())).device if own else torch.device("cpu")
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{path} does not fit this module (it was saved with other settings): "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {shapes[:5]}")
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit this module (it was saved with other settings): {mismatch}")
     module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
 
 

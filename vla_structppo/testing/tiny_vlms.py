@@ -220,14 +220,7 @@ def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int
 def _smolvlm(tokenizer: PreTrainedTokenizerFast, s: Sizes, image_id: int) -> tuple[PretrainedConfig, ProcessorMixin]:
     scale = 2
     config = Idefics3Config(
-        vision_config={
-            "hidden_size": s.vision_hidden,
-            "intermediate_size": 2 * s.vision_hidden,
-            "num_hidden_layers": s.vision_layers,
-            "num_attention_heads": 2,
-            "image_size": s.image_size,
-            "patch_size": s.patch_size,
-        },
+        vision_config={k: v for k, v in _siglip_vision(s).items() if k not in ("model_type", "projection_dim")},
         text_config=LlamaConfig(**_text_kwargs(tokenizer, s)),
         image_token_id=image_id,
         scale_factor=scale,

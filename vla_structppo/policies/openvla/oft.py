@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...files import state_dict_mismatch
 from ..vla_arch import VLACheckpointError
 
 __all__ = ["OFT_FILES", "L1ActionHead", "ProprioProjector", "find_oft_file", "load_oft_module"]
@@ -105,10 +106,8 @@ def load_oft_module(module: nn.Module, path: Path) -> None:
         raise VLACheckpointError(f"{path} is not a readable state dict ({type(err).__name__}: {err})") from None
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    mismatch = state_dict_mismatch(own, state, limit=4)
+    if mismatch:
         raise VLACheckpointError(f"{path} does not fit this model (another LLM width, action or proprio size?): "
-                                 f"missing {missing[:4]}, unexpected {unexpected[:4]}, shapes {shapes[:4]}")
+                                 f"{mismatch}")
     module.load_state_dict({k: v.to(next(iter(own.values())).dtype) for k, v in state.items()})
