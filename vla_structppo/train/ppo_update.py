@@ -37,18 +37,18 @@ class _Tally:
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self, accelerator: Accelerator) -> dict[str, float]:
-        """Every metric's mean over the minibatches of every process; one all-reduce, over the union of the
-        processes' metric names (a process whose batch was empty has none of its own)."""
+        """Every metric's mean over this process's minibatches, averaged over the processes that have it (one
+        all-reduce, over the union of the processes' metric names: a process whose batch was empty has none)."""
         keys = set(self.sums)
         if accelerator.num_processes > 1:
             keys = set().union(*gather_object([sorted(keys)]))
         names = sorted(keys)
         if not names:
             return {}
-        t = torch.tensor([[self.sums.get(k, 0.0), float(self.counts.get(k, 0))] for k in names],
-                         dtype=torch.float64, device=accelerator.device)
+        t = torch.tensor([[self.sums[k] / self.counts[k], 1.0] if k in self.sums else [0.0, 0.0] for k in names],
+                         device=accelerator.device)
         t = all_reduce_sum(accelerator)(t)
-        return {k: float(t[i, 0] / t[i, 1].clamp_min(1.0)) for i, k in enumerate(names)}
+        return {k: float(t[i, 0]) / float(t[i, 1]) for i, k in enumerate(names)}
 
 
 def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator,
@@ -75,8 +75,10 @@ def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Acc
         if nan_seen:
             break
         if p.target_kl is not None:
-            kl = all_reduce_sum(accelerator)(torch.tensor([epoch_kl, float(epoch_mb)], device=accelerator.device))
-            if float(kl[0] / kl[1].clamp_min(1.0)) > p.target_kl:
+            # the mean over the processes that stepped on data this epoch
+            kl = torch.tensor([epoch_kl / max(epoch_mb, 1), float(epoch_mb > 0)], device=accelerator.device)
+            kl = all_reduce_sum(accelerator)(kl)
+            if float(kl[0]) / max(float(kl[1]), 1.0) > p.target_kl:
                 break
     out = {f"losses/{k}": v for k, v in tally.means(accelerator).items()}
     out["losses/first_minibatch_logp_dev"] = float(tally.first_logp_dev or 0.0)
