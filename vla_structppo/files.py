@@ -18,7 +18,7 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["REPO_PART", "CorruptFileError", "check_json", "check_safetensors", "check_torch_file", "hub_reachable",
-           "is_hub_repo_id"]
+           "is_hub_repo_id", "state_dict_mismatch"]
 
 # one part of a Hub repo id (org or name), as the Hub allows: letters, digits, - _ .; no leading/trailing - or .
 REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
