@@ -1,6 +1,6 @@
 """The anchors' RL recipe against PPO with per-dim / pairwise credit, on the chunked tiny-VLA MetaWorld task.
 
-    OMP_NUM_THREADS=2 python benchmarks/vla_credit.py                     # 2 tasks x 5 arms x 3 seeds (~2.5 h)
+    OMP_NUM_THREADS=2 python benchmarks/vla_credit.py                     # 2 tasks x 5 arms x 3 seeds (~1.5 h on 2 cores)
     OMP_NUM_THREADS=2 python benchmarks/vla_credit.py --seeds 1 2 3 4 5   # more seeds (finished runs are kept)
     python benchmarks/vla_credit.py --report                              # the table from what is there
 
