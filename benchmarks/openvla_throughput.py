@@ -1,9 +1,9 @@
 """OpenVLA throughput at the released shapes, offline: KV-cached ``act`` vs ``generate``, the LoRA update, memory;
 with ``--oft``, OpenVLA-OFT's chunked parallel decoding (8 steps x 7 dims = 56 tokens per forward).
 
-    python benchmarks/openvla_throughput.py --size 7b --device cuda --dtype bfloat16 --batch-sizes 8 32 64
+    python benchmarks/openvla_throughput.py --size 7b --device cuda --dtype bfloat16 --batch-sizes 8 32 64 --minibatches 8 16
     OMP_NUM_THREADS=2 python benchmarks/openvla_throughput.py --size vision-full --batch-sizes 1 4 --minibatches 1 4 --repeats 2
-    python benchmarks/openvla_throughput.py --oft --size 7b --device cuda --dtype bfloat16 --batch-sizes 8 32 64
+    python benchmarks/openvla_throughput.py --oft --size 7b --device cuda --dtype bfloat16 --batch-sizes 8 32 64 --minibatches 8 16
     OMP_NUM_THREADS=2 python benchmarks/openvla_throughput.py --oft --size vision-full --batch-sizes 1 4 --minibatches 1 4 --repeats 2
 
 ``--oft`` measures, per batch size B: ``act`` (the policy's parallel decoding: one bidirectional forward over

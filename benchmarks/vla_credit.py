@@ -87,8 +87,13 @@ def sft_success(task: str, results: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def run_path(results: Path, task: str, arm: str, seed: int) -> Path:
+    """Where a finished run's record is cached."""
+    return results / task / "runs" / f"{arm.replace(' ', '_').replace('+', 'and')}_seed{seed}.json"
+
+
 def run_one(task: str, arm: str, seed: int, steps: int, results: Path) -> dict:
-    path = results / task / "runs" / f"{arm.replace(' ', '_').replace('+', 'and')}_seed{seed}.json"
+    path = run_path(results, task, arm, seed)
     if path.is_file():
         return json.loads(path.read_text())
     recipe, overrides = ARMS[arm]
@@ -156,7 +161,7 @@ def main() -> None:
     for task in args.tasks:
         for seed in args.seeds:  # seed-major: an interrupted benchmark has every arm at the same seeds
             for arm in args.arms:
-                path = results / task / "runs" / f"{arm.replace(' ', '_').replace('+', 'and')}_seed{seed}.json"
+                path = run_path(results, task, arm, seed)
                 if args.report:
                     if path.is_file():
                         records.append(json.loads(path.read_text()))

@@ -18,4 +18,5 @@ state = {k: v.detach().clone().contiguous() for k, v in result.agent.state_dict(
 save_file(state, f"{out_dir}/params_rank{rank}.safetensors")
 if rank == 0:
     torch.save([r.get("rollout/normalized_return") for r in result.history], f"{out_dir}/curve.pt")
-    torch.save([r.get("rollout/groups_kept") for r in result.history], f"{out_dir}/groups_kept.pt")
+# each process's own count of kept groups per update (GRPO: the processes differ)
+torch.save([r.get("rollout/groups_kept") for r in result.history], f"{out_dir}/groups_kept_rank{rank}.pt")

@@ -28,6 +28,13 @@ def test_choice_lists_match_the_code():
     assert C.CREDIT_MODES == algo.CREDIT_MODES and C.HEAD_MODES == algo.HEAD_MODES
     assert C.CENTERINGS == algo.CENTERINGS and C.RATIOS == algo.RATIOS
     assert C.BASELINE_SCALES == algo.BASELINE_SCALES
+    from vla_structppo.algo.losses import AGGREGATIONS
+    from vla_structppo.config import choices
+    from vla_structppo.data.chunks import CHUNK_TAILS
+    from vla_structppo.policies.parallel_decoding import DECODINGS
+
+    assert choices.AGGREGATIONS == AGGREGATIONS and choices.CHUNK_TAILS == CHUNK_TAILS
+    assert choices.DECODINGS == DECODINGS
     from vla_structppo.envs.structured import HORIZON_ENDS
 
     assert C.HORIZON_ENDS == HORIZON_ENDS

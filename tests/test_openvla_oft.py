@@ -117,3 +117,27 @@ def test_settings_that_do_not_fit_the_checkpoint_are_named(checkpoints):
         Predictor(str(official), ["model.unnorm_key=libero_spatial", "model.action_head=l1"])
     with pytest.raises(ActionTokenizerError, match="env.action_dims=6"):
         Predictor(str(official), [*OFT, "env.action_dims=6"])
+
+
+def test_a_hub_ids_statistics_come_from_its_dataset_statistics_file(tmp_path, monkeypatch):
+    """A Hub id is read like a local dir: ``dataset_statistics.json`` (here from a Hugging Face cache in the Hub's
+    layout, offline) replaces config.json's ``norm_stats``; a model without the file keeps config.json's."""
+    import huggingface_hub.constants as hf
+
+    from vla_structppo.policies import vla_loading
+
+    cache, revision = tmp_path / "hub", "0" * 40
+    own = {"libero_spatial": {"action": {"q01": [0.0] * 7, "q99": [2.0] * 7}}}
+    config = {"norm_stats": {"libero_spatial": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7}}}}
+    for name, files in (("org/with-stats", {"dataset_statistics.json": own}), ("org/without", {})):
+        repo = cache / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(revision)
+        snapshot = repo / "snapshots" / revision
+        snapshot.mkdir(parents=True)
+        for filename, content in {"config.json": config, **files}.items():
+            (snapshot / filename).write_text(json.dumps(content))
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    assert vla_loading.openvla_norm_stats("org/with-stats", config) == own
+    assert vla_loading.openvla_norm_stats("org/without", config) == config["norm_stats"]

@@ -44,6 +44,18 @@ def test_one_forward_gives_every_token_of_the_chunk(parallel):
     torch.testing.assert_close(other.bin_probs, ev.bin_probs, rtol=0, atol=0)
 
 
+def test_the_value_bootstrap_reads_the_feature_act_gives(parallel):
+    """encode (the bootstrap at a rollout's end and at truncations) = act's and evaluate's state feature: the value
+    head must read the same thing everywhere (a causal prompt-only forward gave another feature, off by ~1)."""
+    inputs = parallel.prepare(_obs())
+    with torch.no_grad():
+        out = parallel.act(inputs)
+        ev = parallel.evaluate(inputs, out.actions)
+        feature = parallel.encode(inputs)
+    torch.testing.assert_close(feature, out.features, rtol=0, atol=0)
+    torch.testing.assert_close(feature, ev.features, rtol=0, atol=0)
+
+
 def test_padding_does_not_change_a_samples_distribution(parallel):
     obs = _obs()
     batch = parallel.prepare(obs)

@@ -11,7 +11,7 @@ import difflib
 from ..errors import UserError
 
 __all__ = ["ACTION_HEADS", "ACTION_TOKEN_MODES", "AGGREGATIONS", "AUTORESET_MODES", "BASELINE_SCALES", "CENTERINGS",
-           "CREDIT_MODES", "DECODINGS", "DEVICES", "DTYPES", "ENV_IDS", "ESTIMATORS", "HEAD_MODES", "HORIZON_ENDS",
+           "CHUNK_TAILS", "CREDIT_MODES", "DECODINGS", "DEVICES", "DTYPES", "ENV_IDS", "ESTIMATORS", "HEAD_MODES", "HORIZON_ENDS",
            "LIBERO_PROTOCOLS", "LR_SCHEDULES", "METAWORLD_REWARDS", "OBSERVATIONS", "POLICY_TYPES", "RATIOS",
            "SHARED_SOURCES", "SURROGATES", "TRACKERS", "VALUE_NETWORKS", "VECTOR_MODES", "ConfigError", "at_least",
            "nearest_hint", "not_one_of"]
@@ -30,6 +30,7 @@ RATIOS = ("joint", "action", "token", "token_clip")
 DECODINGS = ("autoregressive", "parallel")
 ESTIMATORS = ("gae", "grpo")
 AGGREGATIONS = ("sample_mean", "token_mean")
+CHUNK_TAILS = ("repeat", "drop")
 ACTION_HEADS = ("tokens", "l1")
 SHARED_SOURCES = ("gae", "head")
 SURROGATES = ("per_dim", "mean")

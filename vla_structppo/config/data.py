@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
-from .choices import at_least
+from .choices import CHUNK_TAILS, at_least
 from .choices import not_one_of as _not_one_of
 
 __all__ = ["DemosConfig", "EvalConfig", "SFTConfig"]
@@ -47,7 +47,7 @@ class SFTConfig:
         out = [_not_one_of(key, value, options) for key, value, options in (
             ("sft.bounds", self.bounds, ("dataset", "model")),
             ("sft.preprocess", self.preprocess, ("auto", "upfront", "per_batch")),
-            ("sft.chunk_tail", self.chunk_tail, ("repeat", "drop"))) if value not in options]
+            ("sft.chunk_tail", self.chunk_tail, CHUNK_TAILS)) if value not in options]
         out += at_least([("sft.num_epochs", self.num_epochs, 1), ("sft.batch_size", self.batch_size, 1),
                          ("sft.max_samples", self.max_samples, 0)])
         if self.learning_rate <= 0:

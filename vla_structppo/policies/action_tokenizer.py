@@ -115,11 +115,11 @@ class ActionTokenizer:
 
     @classmethod
     def openvla(cls, norm_stats: dict, unnorm_key: str | None, *, vocab_size: int = 32000,
-                num_bins: int = 256, oft: bool = False, bounds: str = "q99") -> ActionTokenizer:
+                num_bins: int = 256, oft: bool = False) -> ActionTokenizer:
         """OpenVLA's own coding of a checkpoint's ``norm_stats`` (config.json): bin ``k`` is token
         ``vocab_size - 1 - k`` (the last 256 ids, reversed), bounds ``q01`` / ``q99`` of
         ``norm_stats[unnorm_key]["action"]`` with its ``mask`` (vla_structppo.bins.OpenVLABins). ``oft``: OpenVLA-OFT's
-        un-normalisation (``+ 1e-8`` on the range); ``bounds="minmax"``: its ALOHA statistics (``min`` / ``max``)."""
+        un-normalisation (``+ 1e-8`` on the range)."""
         if not norm_stats:
             raise ActionTokenizerError("the checkpoint's config.json has no norm_stats to un-normalise actions with")
         if unnorm_key is None:
@@ -137,8 +137,7 @@ class ActionTokenizer:
         mask = [bool(m) for m in stats.get("mask", [True] * D)]
         fixed = [lo == hi for lo, hi in zip(stats.get("min", [0.0] * D), stats.get("max", [1.0] * D))]
         ids = [vocab_size - 1 - k for k in range(num_bins)]
-        low, high = (stats["min"], stats["max"]) if bounds == "minmax" else (stats["q01"], stats["q99"])
-        return cls(D, num_bins, ids, list(low), list(high), mode="openvla", mask=mask, fixed=fixed,
+        return cls(D, num_bins, ids, list(stats["q01"]), list(stats["q99"]), mode="openvla", mask=mask, fixed=fixed,
                    unnorm_key=unnorm_key, unnorm_eps=1e-8 if oft else None)
 
     # -- mapping (vla_structppo/bins.py: the bin grid every env shares, or OpenVLA's coding) ----------------

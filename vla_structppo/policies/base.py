@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ActOutput", "EvalOutput", "Policy", "StateInputsMixin", "categorical_stats", "select_batch"]
+__all__ = ["ActOutput", "EvalOutput", "Policy", "StateInputsMixin", "categorical_stats", "sample_bins",
+           "select_batch"]
 
 
 @dataclass
@@ -70,6 +71,16 @@ def categorical_stats(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torc
     logp = logprobs.gather(-1, actions.long()[..., None]).squeeze(-1)
     entropy = -(probs * logprobs).sum(-1)
     return logp, entropy, probs
+
+
+def sample_bins(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
+    """Bins ``[...]`` from ``logits [..., K]``: the argmax, or one draw per row from the softmax at ``temperature``
+    (every policy samples here: one ``multinomial`` over all rows)."""
+    if deterministic:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
 
 
 def select_batch(inputs: Any, idx: torch.Tensor) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ActOutput, EvalOutput, StateInputsMixin, categorical_stats
+from .base import ActOutput, EvalOutput, StateInputsMixin, categorical_stats, sample_bins
 
 __all__ = ["FIRST_LAYER", "AutoregressiveMLPPolicy", "MLPPolicy", "ObservationCritic", "orthogonal_init"]
 
@@ -66,14 +66,6 @@ def _as_tensor(obs, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(obs, dtype=torch.float32, device=device)
 
 
-def _sample(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
-    if deterministic:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
-
-
 class MLPPolicy(StateInputsMixin, nn.Module):
     """``D`` independent categorical heads on a shared tanh MLP trunk: ``pi(a|s) = prod_i pi_i(a^i|s)``."""
 
@@ -99,7 +91,7 @@ class MLPPolicy(StateInputsMixin, nn.Module):
     def act(self, obs, *, deterministic: bool = False, temperature: float = 1.0) -> ActOutput:
         features = self.trunk(_as_tensor(obs, self.logits.weight.device))  # [B, H]
         logits = self._logits(features)
-        actions = _sample(logits, deterministic, temperature)
+        actions = sample_bins(logits, deterministic, temperature)
         logp, _, probs = categorical_stats(logits, actions)
         return ActOutput(actions, logp, features, probs)
 
@@ -141,7 +133,7 @@ class AutoregressiveMLPPolicy(StateInputsMixin, nn.Module):
         actions, logits_all = [], []
         for i in range(self.action_dims):
             logits = self._dim_logits(context, i)  # [B, K]
-            a_i = _sample(logits[:, None], deterministic, temperature)[:, 0]  # [B]
+            a_i = sample_bins(logits[:, None], deterministic, temperature)[:, 0]  # [B]
             actions.append(a_i)
             logits_all.append(logits)
             context = context + self.action_embedding[i][a_i]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .action_tokenizer import ActionTokenizer
-from .base import ActOutput, EvalOutput, categorical_stats
+from .base import ActOutput, EvalOutput, categorical_stats, sample_bins
 from .hf_compat import cache_keyword
 from .parallel_decoding import DECODINGS, ParallelLayout, bidirectional_mask, zeroed_slots
 from .vla_arch import ARCHS, ArchSpec, UnsupportedArchitectureError
@@ -77,6 +77,7 @@ class VLAPolicy(nn.Module):
         self.feature_dim = int(text_cfg.hidden_size)
         self.register_buffer("bin_token_ids", torch.tensor(action_tokenizer.token_ids, dtype=torch.long),
                              persistent=False)
+        self._slot_id = int(action_tokenizer.token_ids[0])  # parallel decoding's slot token, kept on the host
         # OpenVLA-OFT's official-layout extras (openvla/oft.py), attached by the loader: the proprio projector (the
         # robot state as one token) and the L1 regression head (continuous actions: evaluation only)
         self.proprio_projector: nn.Module | None = None
@@ -235,7 +236,10 @@ class VLAPolicy(nn.Module):
 
     # -- the protocol -------------------------------------------------------------------------
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The state feature ``[B, H]`` alone (value bootstrap)."""
+        """The state feature ``[B, H]`` alone (value bootstrap): the feature ``act`` and ``evaluate`` give, so the
+        value head reads the same thing at the bootstrap as at the rollout's steps."""
+        if not self.autoregressive:  # read inside the bidirectional forward over prompt + slots, as act reads it
+            return self._parallel_logits(inputs)[1]
         inputs = self._trim(inputs)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         _, feats, _ = self._decode(input_ids=ids, attention_mask=mask, position_ids=self._positions(ids, mask, inputs),
@@ -248,11 +252,8 @@ class VLAPolicy(nn.Module):
         (at its ``self.temperature``), whatever ``temperature`` the sampling used."""
         if not self.autoregressive:
             logits, features, slot_hidden = self._parallel_logits(inputs)  # [B, D, K]
-            if deterministic:
-                actions = logits.argmax(-1)
-            else:  # every token drawn on its own: they are independent given the observation
-                probs = torch.softmax(logits / temperature, dim=-1)
-                actions = torch.multinomial(probs.reshape(-1, self.num_bins), 1).reshape(logits.shape[:2])
+            # every token drawn on its own: they are independent given the observation
+            actions = sample_bins(logits, deterministic, temperature)
             logp, _, probs = categorical_stats(logits, actions)
             # OFT's L1 head: normalised continuous actions [B, H, A] from the same forward (what the env executes)
             continuous = self.action_head(slot_hidden).float() if self.action_head is not None else None
@@ -273,10 +274,7 @@ class VLAPolicy(nn.Module):
         logits_all, actions = [], []
         for i in range(self.action_dims):
             logits = self._bin_logits(last[:, -1])  # [B, K]
-            if deterministic:
-                a_i = logits.argmax(-1)
-            else:
-                a_i = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)[:, 0]
+            a_i = sample_bins(logits, deterministic, temperature)
             logits_all.append(logits)
             actions.append(a_i)
             if i == self.action_dims - 1:
@@ -314,7 +312,7 @@ class VLAPolicy(nn.Module):
         token's hidden state; the slot hidden states (the positions the logits are read at) feed OFT's L1 head."""
         inputs = self._trim(inputs)
         layout = ParallelLayout.build(inputs["input_ids"], inputs["attention_mask"], self.action_dims,
-                                      slot_id=int(self.bin_token_ids[0]), stop_id=self.stop_token_id)
+                                      slot_id=self._slot_id, stop_id=self.stop_token_id)
         model = self.base_model
         mask = bidirectional_mask(model.config.get_text_config(), layout.attention_mask, model.dtype)
         positions = self._positions(layout.input_ids, layout.attention_mask, inputs)

@@ -197,10 +197,15 @@ def preflight(m: ModelConfig, action_dims: int, num_bins: int, sources: VLASourc
 
 def openvla_norm_stats(weights: str, model_config: dict, revision: str | None = None) -> dict:
     """An OpenVLA checkpoint's dataset statistics: ``dataset_statistics.json`` beside the weights when there is one
-    (OpenVLA-OFT's loader prefers it, ``_load_dataset_stats``), else config.json's ``norm_stats``."""
-    if _is_local(weights) and (Path(weights) / DATASET_STATISTICS).is_file():
-        return check_json(Path(weights) / DATASET_STATISTICS)
-    return model_config.get("norm_stats") or {}
+    (OpenVLA-OFT's loader prefers it, ``_load_dataset_stats``), else config.json's ``norm_stats``. A Hub id is read
+    the same way (the file from the Hub or its cache at ``revision``), so bins and proprio use one statistics file."""
+    if _is_local(weights):
+        path = Path(weights) / DATASET_STATISTICS
+        return check_json(path) if path.is_file() else model_config.get("norm_stats") or {}
+    try:
+        return check_json(_hub_file(weights, DATASET_STATISTICS, revision))
+    except VLACheckpointError:  # the model has no such file: its config.json's statistics are the ones
+        return model_config.get("norm_stats") or {}
 
 
 def _check_oft_options(m: ModelConfig, arch: ArchSpec, sources: VLASources) -> None:

@@ -21,7 +21,8 @@ from .accel import all_reduce_sum, any_rank
 from .group_rollout import GroupOutcomes
 from .rollout import Rollout
 
-__all__ = ["flatten_rollout", "gae_batch", "grpo_batch", "minibatches", "prepare_batch", "score_head", "select_rows"]
+__all__ = ["batch_obs", "flatten_rollout", "gae_batch", "grpo_batch", "minibatches", "prepare_batch", "score_head",
+           "select_rows"]
 
 
 def flatten_rollout(rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,10 +47,20 @@ def flatten_rollout(rollout: Rollout, advantages: torch.Tensor, returns: torch.T
 
 
 def select_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-    """The batch restricted to ``rows`` (GRPO keeps the decisions of kept groups' first episodes only)."""
+    """The batch restricted to ``rows`` (GRPO keeps the decisions of kept groups' first episodes only). The
+    observations are not copied (a VLA's pixel values are most of a rollout's memory, and the rollout still holds
+    them): ``obs_rows`` maps the kept rows into ``obs``, and :func:`batch_obs` reads them through it."""
+    out = {k: v[rows] for k, v in batch.items() if k != "obs"}
+    out["obs"], out["obs_rows"] = batch["obs"], rows
+    return out
+
+
+def batch_obs(batch: dict[str, Any], idx: torch.Tensor) -> Any:
+    """The policy inputs of the batch's samples ``idx`` (through ``obs_rows`` where :func:`select_rows` kept some)."""
     from ..policies.base import select_batch
 
-    return {k: (select_batch(v, rows) if k == "obs" else v[rows]) for k, v in batch.items()}
+    rows = batch.get("obs_rows")
+    return select_batch(batch["obs"], idx if rows is None else rows[idx])
 
 
 def minibatches(n: int, num_minibatches: int) -> list[torch.Tensor]:

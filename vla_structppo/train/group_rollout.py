@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..policies.agent import Agent
-from .rollout import EpisodeStats, Rollout, RolloutState, stack_rollout
+from .rollout import EpisodeStats, Rollout, RolloutState, record_episodes, rollout_info, stack_rollout
 
 __all__ = ["GroupOutcomes", "check_repeatable", "collect_group_episodes", "group_seeds"]
 
@@ -67,14 +67,10 @@ def collect_group_episodes(agent: Agent, envs, state: RolloutState, seeds: np.nd
         ended = valid & (terminated | truncated)
         if ended.any():
             outcome[ended] = np.asarray(info["episode_return"])[ended]
-            for i in np.flatnonzero(ended):
-                episodes.returns.append(float(info["episode_return"][i]))
-                episodes.lengths.append(int(info["episode_length"][i]))
-                episodes.success.append(float(success[i]))
-                if "episode_optimal" in info:  # the structured task's optimum (normalised return)
-                    episodes.optimal.append(float(info["episode_optimal"][i]))
+            # success anywhere in the episode: the outcome GRPO scores
+            record_episodes(info, episodes, ended=ended, success=success)
         steps.append(dict(obs=obs_t, out=out, value=value, reward=reward, terminated=terminated,
-                          truncated=truncated, valid=valid, info=info))
+                          truncated=truncated, valid=valid, info=rollout_info(info)))
         finished |= terminated | truncated
         if finished.all():
             break

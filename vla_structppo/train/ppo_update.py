@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 
 from ..algo import head_loss, ppo_policy_loss, value_loss
 from ..config import TrainConfig
-from ..policies.base import select_batch
 from .accel import all_reduce_sum, any_rank
-from .advantages import minibatches
+from .advantages import batch_obs, minibatches
 
 __all__ = ["ppo_epochs", "ppo_loss"]
 
@@ -25,30 +23,32 @@ __all__ = ["ppo_epochs", "ppo_loss"]
 @dataclass
 class _Tally:
     """Running sums of the minibatches' metrics over an update, kept per metric: with GRPO a process may hold
-    fewer (or no) samples than another, and its empty minibatches add nothing."""
+    fewer (or no) samples than another, and its empty minibatches add nothing. Every process knows every metric's
+    name (it computes the loss of each micro-batch, counted or not), so the processes' tables line up."""
 
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     first_logp_dev: float | None = None  # rollout vs recomputed log-probs at the update's first micro-batch
 
-    def add(self, metrics: dict[str, float]) -> None:
+    def add(self, metrics: dict[str, float], names: set[str]) -> None:
+        """The minibatch's ``metrics``; ``names``: every metric the minibatch computed (counted or not)."""
+        for k in names:
+            self.sums.setdefault(k, 0.0)
+            self.counts.setdefault(k, 0)
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
+            self.sums[k] += v
+            self.counts[k] += 1
 
     def means(self, accelerator: Accelerator) -> dict[str, float]:
         """Every metric's mean over this process's minibatches, averaged over the processes that have it (one
-        all-reduce, over the union of the processes' metric names: a process whose batch was empty has none)."""
-        keys = set(self.sums)
-        if accelerator.num_processes > 1:
-            keys = set().union(*gather_object([sorted(keys)]))
-        names = sorted(keys)
+        all-reduce); a metric no process counted is left out."""
+        names = sorted(self.sums)
         if not names:
             return {}
-        t = torch.tensor([[self.sums[k] / self.counts[k], 1.0] if k in self.sums else [0.0, 0.0] for k in names],
+        t = torch.tensor([[self.sums[k] / self.counts[k], 1.0] if self.counts[k] else [0.0, 0.0] for k in names],
                          device=accelerator.device)
         t = all_reduce_sum(accelerator)(t)
-        return {k: float(t[i, 0]) / float(t[i, 1]) for i, k in enumerate(names)}
+        return {k: float(t[i, 0]) / float(t[i, 1]) for i, k in enumerate(names) if float(t[i, 1]) > 0}
 
 
 def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Accelerator,
@@ -58,16 +58,17 @@ def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Acc
     p = cfg.ppo
     tally = _Tally()
     policy_params = getattr(agent, "module", agent).trainable_parameters()
+    valid = batch["valid"].cpu()  # which rows count, read on the host once (not once per micro-batch)
     epochs_done, nan_seen = 0, False
     for _epoch in range(p.num_epochs):
         epoch_kl, epoch_mb = 0.0, 0
         for mb in minibatches(len(batch["actions"]), p.num_minibatches):
-            mb_metrics, bad = _minibatch_step(agent, optimizer, batch, mb, cfg, accelerator, train_policy,
-                                              policy_params, tally)
+            mb_metrics, names, bad = _minibatch_step(agent, optimizer, batch, mb, valid, cfg, accelerator,
+                                                     train_policy, policy_params, tally)
             if bad:
                 nan_seen = True
                 break
-            tally.add(mb_metrics)
+            tally.add(mb_metrics, names)
             if "approx_kl" in mb_metrics:  # absent for a minibatch empty on this process
                 epoch_kl += mb_metrics["approx_kl"]
                 epoch_mb += 1
@@ -86,17 +87,21 @@ def ppo_epochs(agent, optimizer, batch: dict, cfg: TrainConfig, accelerator: Acc
     return out, nan_seen
 
 
-def _minibatch_step(agent, optimizer, batch: dict, mb: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator,
-                    train_policy: bool, policy_params: list, tally: _Tally) -> tuple[dict[str, float], bool]:
-    """One optimizer step over minibatch ``mb`` in ``gradient_accumulation_steps`` micro-batches."""
+def _minibatch_step(agent, optimizer, batch: dict, mb: torch.Tensor, valid: torch.Tensor, cfg: TrainConfig,
+                    accelerator: Accelerator, train_policy: bool, policy_params: list, tally: _Tally
+                    ) -> tuple[dict[str, float], set[str], bool]:
+    """One optimizer step over minibatch ``mb`` in ``gradient_accumulation_steps`` micro-batches; returns the
+    metrics of its counted micro-batches, the names of every metric computed, and whether anything was non-finite.
+    ``valid``: ``batch["valid"]`` on the host."""
     p = cfg.ppo
     bad = False
     mb_metrics: dict[str, float] = {}
+    names: set[str] = {"grad_norm"}
     # as many micro-batches on every process (tensor_split, unlike chunk, never returns fewer parts), and a forward
     # and backward through DDP for each, even for a part with nothing to learn from (GRPO's batches differ in size
     # between processes): it runs on the batch's first row with its loss x 0 and its metrics left out
     micros = torch.tensor_split(mb, p.gradient_accumulation_steps)
-    counted = [len(micro) > 0 and bool(batch["valid"][micro].any()) for micro in micros]
+    counted = [len(micro) > 0 and bool(valid[micro].any()) for micro in micros]
     grad_norm = None
     for micro, count in zip(micros, counted, strict=True):
         with accelerator.accumulate(agent):
@@ -105,6 +110,7 @@ def _minibatch_step(agent, optimizer, batch: dict, mb: torch.Tensor, cfg: TrainC
                                     train_policy=train_policy)
             if check:
                 tally.first_logp_dev = dev
+            names.update(m)
             if not count:
                 loss, m = loss * 0.0, {}
             bad = bad or any_rank(accelerator, not bool(torch.isfinite(loss)))
@@ -114,11 +120,13 @@ def _minibatch_step(agent, optimizer, batch: dict, mb: torch.Tensor, cfg: TrainC
             if accelerator.sync_gradients:
                 grad_norm, bad = _optimizer_step(agent, optimizer, accelerator, p.max_grad_norm, bad,
                                                  None if train_policy else policy_params)
-        for k, v in m.items():
-            mb_metrics[k] = mb_metrics.get(k, 0.0) + float(v) / sum(counted)
+        if m:  # one host sync for all the micro-batch's metrics
+            values = torch.stack([v.detach().to(torch.float64) for v in m.values()]).tolist()
+            for k, v in zip(m, values, strict=True):
+                mb_metrics[k] = mb_metrics.get(k, 0.0) + v / sum(counted)
     if grad_norm is not None and any(counted):
         mb_metrics["grad_norm"] = grad_norm  # one per optimizer step, not averaged over the micro-batches
-    return mb_metrics, bad
+    return mb_metrics, names, bad
 
 
 def _zero_loss(agent) -> torch.Tensor:
@@ -157,7 +165,7 @@ def ppo_loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_rati
     mask = batch["valid"][idx]
     tokens = batch["token_mask"][idx] if "token_mask" in batch else None  # chunk steps executed [B, D]
     core = getattr(agent, "module", agent)
-    out = agent(select_batch(batch["obs"], idx), batch["actions"][idx], batch["bin_probs"][idx],
+    out = agent(batch_obs(batch, idx), batch["actions"][idx], batch["bin_probs"][idx],
                 value_stop_gradient=None if train_policy else True)
     pg_loss, m = ppo_policy_loss(out.logp, batch["logp"][idx], batch["credit"][idx], p.clip_coef,
                                  ratio=cfg.credit.ratio, mask=mask, clip_coef_high=p.clip_range_high,
@@ -173,11 +181,16 @@ def ppo_loss(agent, batch: dict, idx: torch.Tensor, cfg: TrainConfig, check_rati
     entropy = (entropies.sum(-1) * w).sum()  # joint entropy (sum of per-dim / conditional entropies)
     policy_weight = 1.0 if train_policy else 0.0
     loss = policy_weight * (pg_loss - p.ent_coef * entropy) + p.vf_coef * v_loss
-    metrics = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(), **m}
+    metrics = {"policy_loss": pg_loss.detach(), "entropy": entropy.detach(), **m}
+    if core.value_head is not None:  # GRPO has no critic: no value loss to report
+        metrics["value_loss"] = v_loss.detach()
     if p.kl_coef > 0:  # k3 estimate of KL(pi || pi_ref), pi_ref = the VLA with its adapter disabled
         with torch.no_grad(), core.policy.reference():
-            ref = core.policy.evaluate(select_batch(batch["obs"], idx), batch["actions"][idx])
-        log_ratio = ref.logp.sum(-1) - out.logp.sum(-1)
+            ref = core.policy.evaluate(batch_obs(batch, idx), batch["actions"][idx])
+        token_log_ratio = ref.logp - out.logp
+        if tokens is not None:  # chunk tokens that were never executed are not pulled toward the reference either
+            token_log_ratio = token_log_ratio * tokens
+        log_ratio = token_log_ratio.sum(-1)
         kl = ((log_ratio.exp() - log_ratio - 1.0) * w).sum()
         loss = loss + policy_weight * p.kl_coef * kl
         metrics["kl_ref"] = kl.detach()

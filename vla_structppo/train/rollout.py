@@ -16,7 +16,8 @@ from gymnasium.vector import AutoresetMode
 from ..envs.contract import map_obs, take_obs
 from ..policies.agent import Agent
 
-__all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout", "executed_env_steps", "stack_rollout"]
+__all__ = ["EpisodeStats", "Rollout", "RolloutState", "collect_rollout", "executed_env_steps", "record_episodes",
+           "rollout_info", "stack_rollout"]
 
 
 @dataclass
@@ -94,12 +95,12 @@ def collect_rollout(agent: Agent, envs, state: RolloutState, num_steps: int, dev
         next_obs, reward, terminated, truncated, info = envs.step(out.actions.cpu().numpy())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         valid = ~state.resetting if next_step else np.ones(N, bool)
-        # next-step autoreset: the final obs IS the next obs, its value is filled in below
-        final_value = (torch.zeros(N, device=device) if next_step
-                       else _final_obs_values(agent, info, truncated & ~terminated, device))
-        steps.append(dict(obs=obs_t, out=out, value=value, reward=reward, terminated=terminated, truncated=truncated,
-                          valid=valid, info=info, final_value=final_value))
-        _record_episodes(info, episodes)
+        step = dict(obs=obs_t, out=out, value=value, reward=reward, terminated=terminated, truncated=truncated,
+                    valid=valid, info=rollout_info(info))
+        if not next_step:  # next-step autoreset: the final obs IS the next obs, its value is filled in below
+            step["final_value"] = _final_obs_values(agent, info, truncated & ~terminated, device)
+        steps.append(step)
+        record_episodes(info, episodes)
         state.obs = next_obs if isinstance(next_obs, dict) else np.asarray(next_obs)
         state.resetting = terminated | truncated if next_step else np.zeros(N, bool)
 
@@ -143,7 +144,8 @@ def stack_rollout(policy: Any, steps: list[dict[str, Any]], episodes: EpisodeSta
         terminated=stack("terminated"),
         truncated=stack("truncated"),
         valid=stack("valid"),
-        final_values=torch.stack([s.get("final_value", torch.zeros(N, device=device)) for s in steps]),
+        final_values=torch.stack([s["final_value"] if "final_value" in s else torch.zeros(N, device=device)
+                                  for s in steps]),
         next_value=next_value,
         reward_per_dim=from_info("reward_per_dim", torch.float32),
         episodes=episodes,
@@ -152,14 +154,28 @@ def stack_rollout(policy: Any, steps: list[dict[str, Any]], episodes: EpisodeSta
     )
 
 
-def _record_episodes(info: dict, episodes: EpisodeStats) -> None:
-    done = info.get("_episode")
+# what a rollout keeps of a step's info (not the rest: e.g. ``final_obs`` holds pictures)
+_ROLLOUT_INFO = ("reward_per_dim", "chunk_rewards", "chunk_steps")
+
+
+def rollout_info(info: dict) -> dict:
+    """The fields of a step's ``info`` that :func:`stack_rollout` reads."""
+    return {k: info[k] for k in _ROLLOUT_INFO if k in info}
+
+
+def record_episodes(info: dict, episodes: EpisodeStats, ended: np.ndarray | None = None,
+                    success: np.ndarray | None = None) -> None:
+    """Append the episodes that ended at this step: the envs ``ended`` (default: ``info["_episode"]``), their
+    success from ``success`` (default: ``info["success"]`` at this step)."""
+    done = info.get("_episode") if ended is None else ended
     if done is None:
         return
+    if success is None and "success" in info:
+        success = info["success"]
     for i in np.nonzero(done)[0]:
         episodes.returns.append(float(info["episode_return"][i]))
         episodes.lengths.append(int(info["episode_length"][i]))
         if "episode_optimal" in info:
             episodes.optimal.append(float(info["episode_optimal"][i]))
-        if "success" in info:
-            episodes.success.append(float(info["success"][i]))
+        if success is not None:
+            episodes.success.append(float(success[i]))
